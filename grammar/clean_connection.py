@@ -1,0 +1,276 @@
+"""The openGauss ``CLEAN CONNECTION`` statement: value type and recursive-descent parser.
+
+Accepted syntax (openGauss ``gram.y``, rule ``CleanConnStmt``)::
+
+    CLEAN CONNECTION
+          TO { COORDINATOR ( nodename [, ...] ) | NODE ( nodename [, ...] )
+             | ALL [ CHECK ] [ FORCE ] }
+          [ FOR [ DATABASE ] dbname ]
+          [ TO [ USER ] username ] [ ; ]
+
+Names are ``ColId``: a plain, quoted or ``U&"..."`` identifier, or an unreserved or
+col_name keyword (PostgreSQL's classification, as pglast reports it). As in the bison
+grammar, ``FOR DATABASE`` followed by something that cannot be a name reads ``DATABASE`` as
+the database name (``FOR DATABASE TO bob``: database ``database``).
+
+Choices, each mirroring what PostgreSQL does with the same tokens:
+
+* Identifier values: see :mod:`grammar.lexer` (ASCII-only case folding, ``""`` undoubled,
+  ``U&`` escapes with optional ``UESCAPE``, truncation to 63 UTF-8 bytes at a character
+  boundary for quoted and unquoted names alike, without the server's NOTICE).
+* Errors are ``syntax error at or near "<token text as written>"`` at the token where no
+  valid continuation exists; a ``U&"..." UESCAPE '!'`` group counts as one token whose
+  text runs through the escape literal. When the tokens run out the error is
+  ``syntax error at end of input`` at the ``eof_position`` given by the caller: the length
+  of the whole query string plus one, as the server reports it (checked against
+  PostgreSQL 15). In a multi-statement string the terminating ``;`` is an ordinary token,
+  so an unfinished statement there fails ``at or near ";"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from grammar.errors import GrammarError
+from grammar.lexer import (
+    COMMENT_NAMES,
+    MAX_IDENTIFIER_BYTES,
+    Token,
+    check_uescape_char,
+    decode_uident,
+    identifier_value,
+    is_colid,
+    is_word,
+    scan,
+    string_value,
+)
+
+TARGETS = ("all", "node", "coordinator")
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a double-quoted identifier, with ``"`` doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _check_name(name: object, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} must be a non-empty str, got {name!r}")
+    if "\x00" in name:
+        raise ValueError(f"{what} must not contain NUL")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not encodable as UTF-8") from None
+    if size > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"{what} is longer than {MAX_IDENTIFIER_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class CleanConnection:
+    """A parsed ``CLEAN CONNECTION`` statement.
+
+    ``target`` is ``"all"``, ``"node"`` or ``"coordinator"``; ``nodes`` is empty exactly for
+    ``"all"``; ``check`` and ``force`` can only be set for ``"all"``. Names are the values
+    the server would see (folded, unquoted, truncated). Invalid combinations raise
+    ValueError, so every instance renders to SQL that parses back to an equal value.
+    """
+
+    target: str
+    nodes: tuple[str, ...] = ()
+    check: bool = False
+    force: bool = False
+    database: str | None = None
+    user: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if not isinstance(self.nodes, tuple):
+            raise ValueError("nodes must be a tuple")
+        if self.target == "all":
+            if self.nodes:
+                raise ValueError("nodes must be empty for target 'all'")
+        else:
+            if not self.nodes:
+                raise ValueError(f"target {self.target!r} needs at least one node")
+            if self.check or self.force:
+                raise ValueError("check/force are only allowed with target 'all'")
+        for node in self.nodes:
+            _check_name(node, "node name")
+        if self.database is not None:
+            _check_name(self.database, "database")
+        if self.user is not None:
+            _check_name(self.user, "user")
+
+    def to_sql(self) -> str:
+        """Canonical text: keywords upper case, every name double-quoted, no ``;``."""
+        parts = ["CLEAN CONNECTION TO"]
+        if self.target == "all":
+            parts.append("ALL")
+            if self.check:
+                parts.append("CHECK")
+            if self.force:
+                parts.append("FORCE")
+        else:
+            nodes = ", ".join(quote_identifier(n) for n in self.nodes)
+            parts.append(f"{self.target.upper()} ({nodes})")
+        if self.database is not None:
+            parts.append(f"FOR DATABASE {quote_identifier(self.database)}")
+        if self.user is not None:
+            parts.append(f"TO USER {quote_identifier(self.user)}")
+        return " ".join(parts)
+
+
+class _Parser:
+    """Recursive descent over non-comment tokens; one token of lookahead (two after FOR)."""
+
+    def __init__(self, sql: str, tokens: Sequence[Token], eof_position: int) -> None:
+        self.sql = sql
+        self.tokens = tokens
+        self.eof_position = eof_position
+        self.index = 0
+        # Lookahead cache: (token as the parser sees it, identifier value, index after it).
+        self._la: tuple[Token, str | None, int] | None = None
+
+    # -- token access -------------------------------------------------------------------
+    def peek(self) -> Token | None:
+        la = self._lookahead()
+        return None if la is None else la[0]
+
+    def _lookahead(self) -> tuple[Token, str | None, int] | None:
+        if self._la is None and self.index < len(self.tokens):
+            self._la = self._fetch(self.index)
+        return self._la
+
+    def _fetch(self, i: int) -> tuple[Token, str | None, int]:
+        """Like PostgreSQL's ``base_yylex``: a ``U&"..."`` identifier is decoded as soon as
+        it is fetched, absorbing a following ``UESCAPE 'c'``."""
+        tok = self.tokens[i]
+        if tok.name != "UIDENT":
+            return tok, None, i + 1
+        nxt = self.tokens[i + 1] if i + 1 < len(self.tokens) else None
+        if nxt is None or nxt.name != "UESCAPE":
+            return tok, decode_uident(tok), i + 1
+        lit = self.tokens[i + 2] if i + 2 < len(self.tokens) else None
+        if lit is None or lit.name != "SCONST":
+            self._fail(lit, "UESCAPE must be followed by a simple string literal")
+        assert lit is not None
+        escape = string_value(lit)
+        if escape is None or not check_uescape_char(escape):
+            self._fail(lit, "invalid Unicode escape character")
+        assert escape is not None
+        value = decode_uident(tok, escape)
+        merged = Token("UIDENT", tok.kind, tok.start, lit.end, self.sql[tok.start : lit.end])
+        return merged, value, i + 3
+
+    def advance(self) -> tuple[Token, str | None]:
+        la = self._lookahead()
+        if la is None:
+            self._fail(None)
+        assert la is not None
+        self.index = la[2]
+        self._la = None
+        return la[0], la[1]
+
+    def _fail(self, tok: Token | None, message: str = "syntax error") -> None:
+        if tok is None:
+            raise GrammarError(f"{message} at end of input", self.eof_position)
+        raise GrammarError(f'{message} at or near "{tok.text}"', tok.start + 1)
+
+    def error(self) -> GrammarError:
+        try:
+            self._fail(self.peek())
+        except GrammarError as exc:
+            return exc
+        raise AssertionError("unreachable")
+
+    def accept(self, name: str) -> bool:
+        tok = self.peek()
+        if tok is not None and tok.name == name:
+            self.advance()
+            return True
+        return False
+
+    def expect(self, name: str) -> None:
+        if not self.accept(name):
+            raise self.error()
+
+    def accept_word(self, word: str) -> bool:
+        tok = self.peek()
+        if tok is not None and tok.name == "IDENT" and is_word(tok, word):
+            self.advance()
+            return True
+        return False
+
+    def name(self) -> str:
+        tok = self.peek()
+        if tok is None or not is_colid(tok):
+            raise self.error()
+        tok, value = self.advance()
+        return value if value is not None else identifier_value(tok)
+
+    # -- grammar --------------------------------------------------------------------------
+    def statement(self) -> CleanConnection:
+        if not self.accept_word("clean"):
+            raise self.error()
+        self.expect("CONNECTION")
+        self.expect("TO")
+        nodes: tuple[str, ...] = ()
+        check = force = False
+        if self.accept("ALL"):
+            target = "all"
+            check = self.accept("CHECK")
+            force = self.accept("FORCE")
+        elif self.accept_word("coordinator"):
+            target, nodes = "coordinator", self.node_list()
+        elif self.accept_word("node"):
+            target, nodes = "node", self.node_list()
+        else:
+            raise self.error()
+        database = user = None
+        if self.accept("FOR"):
+            tok = self.peek()
+            if (
+                tok is not None
+                and tok.name == "DATABASE"
+                and self.index + 1 < len(self.tokens)
+                and is_colid(self.tokens[self.index + 1])
+            ):
+                self.advance()
+            database = self.name()
+        if self.accept("TO"):
+            self.accept("USER")
+            user = self.name()
+        self.accept("ASCII_59")
+        if self.peek() is not None:
+            raise self.error()
+        return CleanConnection(target, nodes, check, force, database, user)
+
+    def node_list(self) -> tuple[str, ...]:
+        self.expect("ASCII_40")
+        names = [self.name()]
+        while self.accept("ASCII_44"):
+            names.append(self.name())
+        self.expect("ASCII_41")
+        return tuple(names)
+
+
+def parse_tokens(sql: str, tokens: Sequence[Token], eof_position: int) -> CleanConnection:
+    """Parse one statement from its non-comment ``tokens`` (offsets into ``sql``).
+
+    ``tokens`` may end with the terminating ``;``; running out of tokens is reported as
+    ``syntax error at end of input`` at ``eof_position`` (1-based).
+    """
+    return _Parser(sql, tokens, eof_position).statement()
+
+
+def parse_clean_connection(sql: str) -> CleanConnection:
+    """Parse ``sql`` as exactly one ``CLEAN CONNECTION`` statement, optionally ending in ``;``.
+
+    Raises :class:`GrammarError` (positions relative to ``sql``) for anything else,
+    including text after the ``;`` and strings the scanner rejects.
+    """
+    tokens = [t for t in scan(sql) if t.name not in COMMENT_NAMES]
+    return parse_tokens(sql, tokens, len(sql) + 1)
