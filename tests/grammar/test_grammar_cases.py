@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import load_cases
 
 from grammar import GrammarError, find_clean_statements, parse_clean_connection
+from tests.grammar.case_files import load_cases
 
 
 @pytest.mark.parametrize(("sql", "expected"), load_cases("accept.sql", "expect"))
