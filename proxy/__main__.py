@@ -1,0 +1,43 @@
+"""Command line: ``python -m proxy --listen HOST:PORT --upstream HOST:PORT``.
+
+Exit status: 0 after a SIGTERM/SIGINT shutdown, 2 for a configuration error, 1 when the
+proxy cannot start (address in use, embedded PostgreSQL failed). Errors are one line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .app import run
+from .config import ConfigError, load_config
+from .embedded import EmbeddedPostgresError
+from .server import ListenError
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"pg-dialect-proxy: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        run(config)
+    except (ListenError, EmbeddedPostgresError) as exc:
+        print(f"pg-dialect-proxy: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    asyncio.set_event_loop_policy(None)
+    sys.exit(main())

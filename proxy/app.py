@@ -1,0 +1,60 @@
+"""Wiring: configuration → (embedded) upstream → listener → run until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .config import Address, Config
+from .embedded import EmbeddedPostgres
+from .server import ProxyServer
+
+log = logging.getLogger("pgdp")
+
+
+def _event_loop_factory():  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(config: Config) -> None:
+    """Run the proxy until SIGTERM/SIGINT; start and stop the embedded server if needed."""
+    embedded: EmbeddedPostgres | None = None
+    upstream = config.upstream
+    if upstream is None:
+        embedded = EmbeddedPostgres(config.data_dir / "pgdata")
+        log.info("starting embedded PostgreSQL in %s", embedded.datadir)
+        embedded.start()
+        upstream = Address(host=embedded.host, port=embedded.port)
+    try:
+        with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
+            runner.run(_serve(config, upstream, embedded))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _serve(config: Config, upstream: Address, embedded: EmbeddedPostgres | None) -> None:
+    server = ProxyServer(config, upstream, **_dialect_hooks(config))
+    bound = await server.start()
+    server.install_signal_handlers()
+    for address in bound:
+        log.info("listening on %s, upstream %s", address, upstream)
+    if embedded is not None and config.listen.host:
+        port = bound[0].rpartition(":")[2]
+        print(
+            f"pg-dialect-proxy is ready (embedded PostgreSQL, superuser {embedded.superuser}).\n"
+            f"Connect with:  psql -h {config.listen.host} -p {port} -U {embedded.superuser} postgres",
+            file=sys.stderr,
+            flush=True,
+        )
+    await server.serve()
+
+
+def _dialect_hooks(config: Config) -> dict[str, object]:
+    """The CLEAN CONNECTION rewriter, when the dialect module is available."""
+    return {}

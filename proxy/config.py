@@ -1,0 +1,212 @@
+"""The proxy's configuration: one frozen dataclass, from flags, environment and TOML.
+
+Precedence, highest first: command-line flag, environment variable ``PGDP_<NAME>``, key
+``<name>`` in the TOML file given by ``--config`` / ``PGDP_CONFIG``, built-in default.
+Every problem is reported as :class:`ConfigError` with a one-line message for the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import platformdirs
+
+ENV_PREFIX = "PGDP_"
+DEFAULT_LISTEN = "127.0.0.1:6432"
+PG_MAX_MESSAGE = 0x3FFFFFFF  # PostgreSQL's MaxAllocSize - 1: the largest message it accepts
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where to listen or connect: a TCP ``host:port`` or a Unix-domain socket path."""
+
+    host: str | None = None
+    port: int = 5432
+    unix_path: str | None = None
+
+    def __str__(self) -> str:
+        if self.unix_path:
+            return self.unix_path
+        return (
+            f"[{self.host}]:{self.port}" if ":" in (self.host or "") else f"{self.host}:{self.port}"
+        )
+
+
+def parse_address(text: str, *, what: str, default_port: int = 5432) -> Address:
+    """``HOST:PORT``, ``[v6]:PORT``, ``/socket/dir`` (port 5432), ``/dir:PORT`` or a socket file."""
+    text = text.strip()
+    if not text:
+        raise ConfigError(f"{what}: empty address")
+    if text.startswith("/"):
+        path, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+        port = _parse_port(port_text, what) if port_text else default_port
+        p = Path(path)
+        if p.is_dir() or not p.name.startswith(".s.PGSQL."):
+            return Address(port=port, unix_path=str(p / f".s.PGSQL.{port}"))
+        return Address(port=port, unix_path=str(p))
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(f"{what}: cannot parse address {text!r}, expected [HOST]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, ""
+    if not host:
+        raise ConfigError(f"{what}: missing host in {text!r}, expected HOST:PORT")
+    port = _parse_port(port_text, what) if port_text else default_port
+    return Address(host=host, port=port)
+
+
+def _parse_port(text: str, what: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"{what}: invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} out of range 0-65535")
+    return port
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the proxy needs to run. Built by :func:`load_config`."""
+
+    listen: Address
+    upstream: Address | None  # None: start the embedded PostgreSQL
+    data_dir: Path
+    max_message_size: int = PG_MAX_MESSAGE
+    connect_timeout: float = 10.0
+    shutdown_timeout: float = 30.0
+    clean_wait_timeout: float = 15.0
+    log_level: str = "info"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("pg-dialect-proxy"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pg-dialect-proxy",
+        description=(
+            "PostgreSQL wire-protocol proxy that passes all traffic through unchanged and "
+            "runs openGauss's CLEAN CONNECTION statement on stock PostgreSQL. Every option "
+            f"can also be set as an environment variable {ENV_PREFIX}<OPTION> (e.g. "
+            f"{ENV_PREFIX}UPSTREAM) or as a key in the TOML file given by --config."
+        ),
+    )
+    add = parser.add_argument
+    add("--config", metavar="FILE", help="TOML file with option keys (e.g. upstream = '...')")
+    add("--listen", metavar="HOST:PORT", help=f"address to accept clients on [{DEFAULT_LISTEN}]")
+    add(
+        "--upstream",
+        metavar="HOST:PORT|DIR",
+        help="PostgreSQL server, or its Unix-socket directory; omitted: embedded PostgreSQL",
+    )
+    add("--data-dir", metavar="DIR", help="where the embedded PostgreSQL keeps its data")
+    add(
+        "--max-message-size",
+        type=int,
+        metavar="BYTES",
+        help=f"largest client message accepted [{PG_MAX_MESSAGE}]",
+    )
+    add("--connect-timeout", type=float, metavar="SECONDS", help="upstream connect timeout [10]")
+    add(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long sessions may finish before they are closed [30]",
+    )
+    add(
+        "--clean-wait-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long CLEAN CONNECTION ... FORCE waits for sessions to exit [15]",
+    )
+    add(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity [info]",
+    )
+    parser.set_defaults(
+        **{action.dest: None for action in parser._actions if action.dest != "help"}
+    )
+    return parser
+
+
+def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Parse ``argv`` (without the program name) against ``environ`` and the TOML file."""
+    environ = dict(os.environ if environ is None else environ)
+    args = vars(build_parser().parse_args(argv))
+    config_file = args.pop("config") or environ.get(ENV_PREFIX + "CONFIG")
+    file_values = _read_toml(config_file) if config_file else {}
+
+    known = {f.name for f in fields(Config)}
+    unknown = set(file_values) - known
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown key(s): {', '.join(sorted(unknown))}")
+
+    def value(name: str) -> object:
+        if args.get(name) is not None:
+            return args[name]
+        env = environ.get(ENV_PREFIX + name.upper())
+        if env is not None and env != "":
+            return env
+        return file_values.get(name)
+
+    listen = parse_address(
+        str(value("listen") or DEFAULT_LISTEN), what="--listen", default_port=6432
+    )
+    upstream_text = value("upstream")
+    upstream = parse_address(str(upstream_text), what="--upstream") if upstream_text else None
+    data_dir = Path(str(value("data_dir"))) if value("data_dir") else default_data_dir()
+    options: dict[str, object] = {}
+    for name, kind in (
+        ("max_message_size", int),
+        ("connect_timeout", float),
+        ("shutdown_timeout", float),
+        ("clean_wait_timeout", float),
+    ):
+        raw = value(name)
+        if raw is None:
+            continue
+        try:
+            number = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name.replace('_', '-')}: not a number: {raw!r}") from None
+        if number <= 0:
+            raise ConfigError(f"{name.replace('_', '-')}: must be positive, got {raw!r}")
+        options[name] = number
+    if options.get("max_message_size", 5) < 5:  # type: ignore[operator]
+        raise ConfigError("max-message-size: must be at least 5 bytes")
+    log_level = str(value("log_level") or "info").lower()
+    if log_level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(f"log-level: unknown level {log_level!r}")
+    return Config(
+        listen=listen,
+        upstream=upstream,
+        data_dir=data_dir,
+        log_level=log_level,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _read_toml(path: str) -> dict[str, object]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return {key.replace("-", "_"): value for key, value in data.items()}

@@ -1,0 +1,278 @@
+"""asyncio Protocols for the two sockets of a session: the thin I/O layer.
+
+Every decision is delegated to :class:`proxy.session.Session` and the streams it holds;
+this module moves bytes, applies flow control and closes things:
+
+* Flow control: when one side's write buffer passes its high-water mark, reading the other
+  side pauses, and resumes below the low mark (uvicorn's pattern; pause/resume are
+  idempotent). Memory per session stays bounded by the marks plus one read.
+* Closing either side closes the other after its pending writes are flushed; a client
+  that vanishes takes its server connection (and so its backend) with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .config import Address, Config
+from .session import ENCRYPTION_REFUSED, Phase, Session, StartupAction
+from .upstream import UpstreamError, connect_upstream, forward_cancel
+from .wire import ProtocolViolation, StartupPacket, error_response
+
+log = logging.getLogger("pgdp.session")
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return "unix" if peer is not None or transport.get_extra_info("socket") else "-"
+
+
+class ClientProtocol(asyncio.Protocol):
+    """The client's socket. Created by the listener for each accepted connection."""
+
+    __slots__ = (
+        "_config",
+        "_on_close",
+        "_rest",
+        "_server",
+        "_session_factory",
+        "_transport",
+        "_upstream",
+        "session",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        upstream: Address,
+        session_factory: Callable[[str], Session],
+        on_close: Callable[[ClientProtocol], None],
+    ) -> None:
+        self._config = config
+        self._upstream = upstream
+        self._session_factory = session_factory
+        self._on_close = on_close
+        self._transport: asyncio.Transport | None = None
+        self._server: ServerProtocol | None = None
+        self._rest = b""
+        self.session: Session | None = None
+
+    # --- asyncio callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        self.session = self._session_factory(_peer(transport))
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        session.bytes_from_client += len(data)
+        if session.phase is Phase.RELAY:
+            try:
+                chunks = session.frontend.feed(data)  # type: ignore[union-attr]
+            except ProtocolViolation as exc:
+                self._protocol_violation(exc)
+                return
+            server = self._server
+            assert server is not None
+            if len(chunks) == 1:
+                server.transport.write(chunks[0])
+            elif chunks:
+                server.transport.writelines(chunks)
+        elif session.phase is Phase.STARTUP:
+            self._startup_data(data)
+        elif session.phase is Phase.CONNECTING:
+            self._rest += data
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session = self.session
+        if session is not None and session.phase is not Phase.CLOSED:
+            session.phase = Phase.CLOSED
+        if self._server is not None:
+            self._server.close()
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        if self._server is not None:
+            self._server.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._server is not None:
+            self._server.resume_reading()
+
+    # --- startup ---------------------------------------------------------------------
+
+    def _startup_data(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None and self._transport is not None
+        while data or session.phase is Phase.STARTUP:
+            try:
+                result = session.startup.feed(data)
+            except ProtocolViolation as exc:
+                self._protocol_violation(exc)
+                return
+            if result is None:
+                return
+            packet, data = result
+            action = session.on_startup_packet(packet)
+            if action is StartupAction.REFUSE_ENCRYPTION:
+                self._transport.write(ENCRYPTION_REFUSED)
+                continue
+            if action is StartupAction.FORWARD_CANCEL:
+                asyncio.get_running_loop().create_task(self._forward_cancel(packet))
+                return
+            self._rest = data
+            self._transport.pause_reading()
+            asyncio.get_running_loop().create_task(self._connect(packet))
+            return
+
+    async def _forward_cancel(self, packet: StartupPacket) -> None:
+        try:
+            await forward_cancel(self._upstream, packet.raw, self._config.connect_timeout)
+        except UpstreamError as exc:
+            log.warning("%s cancel request not forwarded: %s", self.session.describe(), exc)
+        finally:
+            self.close()
+
+    async def _connect(self, packet: StartupPacket) -> None:
+        session = self.session
+        assert session is not None and self._transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            transport, server = await connect_upstream(
+                loop,
+                self._upstream,
+                lambda: ServerProtocol(self),
+                self._config.connect_timeout,
+            )
+        except UpstreamError as exc:
+            log.warning("%s upstream unreachable: %s", session.describe(), exc)
+            if not self._transport.is_closing():
+                self._transport.write(error_response("08001", str(exc), severity="FATAL"))
+                self._transport.close()
+            return
+        if self._transport.is_closing():
+            transport.close()
+            return
+        self._server = server
+        session.phase = Phase.RELAY
+        log.info(
+            "%s opened app=%s upstream=%s",
+            session.describe(),
+            session.application_name or "-",
+            self._upstream,
+        )
+        transport.write(packet.raw)
+        rest, self._rest = self._rest, b""
+        if rest:
+            self.data_received(rest)
+            session.bytes_from_client -= len(rest)
+        self._transport.resume_reading()
+
+    # --- helpers used by the server side ---------------------------------------------
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        if self._server is not None:
+            self._server.abort()
+
+    def _protocol_violation(self, exc: ProtocolViolation) -> None:
+        session = self.session
+        assert session is not None and self._transport is not None
+        log.warning("%s protocol violation: %s", session.describe(), exc)
+        # A reply is only possible where it cannot land inside a server message.
+        if session.backend is None or session.backend.at_message_boundary():
+            self._transport.write(error_response(exc.sqlstate, str(exc), severity="FATAL"))
+        self._transport.close()
+        if self._server is not None:
+            self._server.abort()
+
+
+class ServerProtocol(asyncio.Protocol):
+    """The upstream server's socket of one session."""
+
+    __slots__ = ("_client", "transport")
+
+    def __init__(self, client: ClientProtocol) -> None:
+        self._client = client
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        client = self._client
+        session = client.session
+        assert session is not None
+        session.bytes_from_server += len(data)
+        try:
+            chunks = session.backend.feed(data)  # type: ignore[union-attr]
+        except ProtocolViolation as exc:
+            log.error("%s server protocol violation: %s", session.describe(), exc)
+            self.abort()
+            client.abort()
+            return
+        transport = client.transport
+        if len(chunks) == 1:
+            transport.write(chunks[0])
+        elif chunks:
+            transport.writelines(chunks)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Forward what the server sent (already written), then close the client.
+        self._client.close()
+
+    def pause_writing(self) -> None:
+        self._client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._client.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

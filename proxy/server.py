@@ -1,0 +1,132 @@
+"""The listener, the registry of live sessions, signals and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from .config import Address, Config
+from .relay import ClientProtocol
+from .session import Session
+from .streams import MightRewrite, Rewriter
+
+log = logging.getLogger("pgdp.server")
+session_log = logging.getLogger("pgdp.session")
+
+
+class ListenError(OSError):
+    """The listen address could not be bound (in use, not permitted, unknown host)."""
+
+
+class ProxyServer:
+    """Accepts clients on ``config.listen`` and relays each one to ``upstream``.
+
+    ``rewriter`` and ``might_rewrite`` are the dialect hooks applied to Query/Parse texts
+    (see :mod:`proxy.streams`); without them the proxy is a transparent relay.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        upstream: Address,
+        *,
+        might_rewrite: MightRewrite | None = None,
+        rewriter_factory: Callable[[Session], Rewriter] | None = None,
+    ) -> None:
+        self.config = config
+        self.upstream = upstream
+        self._might_rewrite = might_rewrite
+        self._rewriter_factory = rewriter_factory
+        self.clients: set[ClientProtocol] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._stopped = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+
+    # --- listening -------------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Bind the listen address; return the bound addresses as ``host:port`` strings."""
+        loop = asyncio.get_running_loop()
+        listen = self.config.listen
+        try:
+            if listen.unix_path:
+                self._server = await loop.create_unix_server(self._new_client, listen.unix_path)
+            else:
+                self._server = await loop.create_server(
+                    self._new_client, listen.host, listen.port, backlog=4096, reuse_address=True
+                )
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        bound = []
+        for sock in self._server.sockets:
+            name = sock.getsockname()
+            bound.append(f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name))
+        return bound
+
+    def _new_client(self) -> ClientProtocol:
+        client = ClientProtocol(self.config, self.upstream, self._new_session, self._client_closed)
+        self.clients.add(client)
+        self._all_closed.clear()
+        return client
+
+    def _new_session(self, client_address: str) -> Session:
+        session = Session(
+            client_address=client_address,
+            max_message_size=self.config.max_message_size,
+            might_rewrite=self._might_rewrite,
+        )
+        if self._rewriter_factory is not None:
+            session.rewrite = self._rewriter_factory(session)
+        return session
+
+    def _client_closed(self, client: ClientProtocol) -> None:
+        if client in self.clients:
+            self.clients.discard(client)
+        session = client.session
+        if session is not None and session.user:
+            session_log.info(
+                "%s closed duration=%.3fs bytes_in=%d bytes_out=%d",
+                session.describe(),
+                session.duration(),
+                session.bytes_from_client,
+                session.bytes_from_server,
+            )
+        if not self.clients:
+            self._all_closed.set()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, True)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, False)
+
+    def request_stop(self, graceful: bool) -> None:
+        """SIGTERM (graceful): stop accepting, let sessions finish. SIGINT: close all now."""
+        log.info("stopping (%s)", "graceful" if graceful else "immediate")
+        if self._server is not None:
+            self._server.close()
+        if not graceful:
+            for client in list(self.clients):
+                client.abort()
+        self._stopped.set()
+
+    async def serve(self) -> None:
+        """Run until stopped, then drain sessions (bounded by ``shutdown_timeout``)."""
+        await self._stopped.wait()
+        if self.clients:
+            log.info(
+                "waiting up to %gs for %d sessions", self.config.shutdown_timeout, len(self.clients)
+            )
+            try:
+                async with asyncio.timeout(self.config.shutdown_timeout):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                log.warning("closing %d sessions still open", len(self.clients))
+                for client in list(self.clients):
+                    client.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -1,0 +1,92 @@
+"""Per-client session state and the startup-phase decisions, without I/O.
+
+A session moves STARTUP → CONNECTING → RELAY → CLOSED. In STARTUP the client may send any
+number of SSLRequest/GSSENCRequest packets (each refused with ``N`` until TLS is
+configured), then either a CancelRequest (forwarded to the server on a fresh connection,
+the client connection closed) or a StartupMessage (the upstream connection is opened and the
+packet forwarded verbatim). From then on the two :mod:`proxy.streams` carry the traffic;
+authentication is the server's business and passes through untouched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from enum import Enum, auto
+
+from .streams import BackendStream, FrontendStream, MightRewrite, ReplyPlans, Rewriter
+from .wire import StartupKind, StartupPacket, StartupParser
+
+_connection_ids = itertools.count(1)
+
+
+class Phase(Enum):
+    STARTUP = auto()
+    CONNECTING = auto()
+    RELAY = auto()
+    CLOSED = auto()
+
+
+class StartupAction(Enum):
+    """What the I/O layer must do with a complete startup packet."""
+
+    REFUSE_ENCRYPTION = auto()  # answer b"N" and keep reading startup packets
+    FORWARD_CANCEL = auto()  # send the packet to the server on a new connection, then close
+    CONNECT = auto()  # open the upstream connection and forward the packet
+
+
+ENCRYPTION_REFUSED = b"N"
+
+
+@dataclass(slots=True)
+class Session:
+    """State of one client connection. The I/O layer owns the sockets."""
+
+    client_address: str
+    max_message_size: int
+    might_rewrite: MightRewrite | None = None
+    rewrite: Rewriter | None = None
+    connection_id: int = field(default_factory=lambda: next(_connection_ids))
+    phase: Phase = Phase.STARTUP
+    user: str = ""
+    database: str = ""
+    application_name: str = ""
+    started: float = field(default_factory=time.monotonic)
+    bytes_from_client: int = 0
+    bytes_from_server: int = 0
+    startup: StartupParser = field(default_factory=StartupParser)
+    frontend: FrontendStream | None = None
+    backend: BackendStream | None = None
+
+    def on_startup_packet(self, packet: StartupPacket) -> StartupAction:
+        """Decide what a complete startup packet means; prepare the streams for CONNECT."""
+        if packet.kind in (StartupKind.SSL_REQUEST, StartupKind.GSSENC_REQUEST):
+            return StartupAction.REFUSE_ENCRYPTION
+        if packet.kind is StartupKind.CANCEL_REQUEST:
+            self.phase = Phase.CLOSED
+            return StartupAction.FORWARD_CANCEL
+        params = packet.parameters()
+        self.user = params.get("user", "")
+        self.database = params.get("database", self.user)
+        self.application_name = params.get("application_name", "")
+        plans = ReplyPlans()
+        self.frontend = FrontendStream(
+            plans,
+            max_message_size=self.max_message_size,
+            might_rewrite=self.might_rewrite,
+            rewrite=self.rewrite,
+        )
+        self.backend = BackendStream(plans)
+        self.phase = Phase.CONNECTING
+        return StartupAction.CONNECT
+
+    def duration(self) -> float:
+        return time.monotonic() - self.started
+
+    def describe(self) -> str:
+        """``key=value`` fields for log lines (never credentials)."""
+        return (
+            f"conn={self.connection_id} client={self.client_address} "
+            f"user={self.user or '-'} db={self.database or '-'}"
+        )

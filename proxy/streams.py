@@ -1,0 +1,420 @@
+"""The two directions of a ready session, framed by header, without I/O.
+
+:class:`FrontendStream` (client → server) and :class:`BackendStream` (server → client) take
+the bytes one socket delivered and return the chunks to write to the other socket. They are
+fed whole buffers, byte by byte or anything in between and must produce the same bytes.
+
+Hot-path rules: per message only the 5-byte header is read; a message that is not a Query or
+Parse is forwarded as the original bytes, streamed through without buffering when it spans
+reads (COPY data of any size passes with bounded memory). Query/Parse bodies are kept whole
+and shown to the :data:`Rewriter` only when the cheap byte test :func:`might_rewrite` fires.
+
+Reply attribution ("what does the next server message belong to", PgBouncer's forward/skip
+/fake queue reduced to what rewriting needs): every Query, Sync and FunctionCall the client
+sends opens a *response group* that the server closes with exactly one ReadyForQuery; inside
+a group every statement of a Query and every Execute ends with exactly one *completion*
+(CommandComplete, EmptyQueryResponse or PortalSuspended) unless an ErrorResponse ends the
+group. The frontend counts groups and executes; when a rewritten statement is sent it files a
+:class:`ReplyPlan` (group, completion slots); the backend counts ReadyForQuery and
+completions and shapes only the messages of planned slots. With no plan outstanding the
+backend walks headers and forwards whole reads.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .wire import ProtocolViolation, build_fields, cstring_at, message, parse_fields
+
+_unpack_int32 = struct.Struct("!I").unpack_from
+
+# Frontend message types (client → server).
+_QUERY = 0x51  # Q
+_PARSE = 0x50  # P
+_BIND = 0x42  # B
+_EXECUTE = 0x45  # E
+_CLOSE = 0x43  # C
+_SYNC = 0x53  # S
+_FUNCTION_CALL = 0x46  # F
+_COPY_DONE = 0x63  # c
+_COPY_FAIL = 0x66  # f
+
+# Backend message types (server → client).
+_COMMAND_COMPLETE = 0x43  # C
+_EMPTY_QUERY = 0x49  # I
+_PORTAL_SUSPENDED = 0x73  # s
+_READY_FOR_QUERY = 0x5A  # Z
+_ERROR = 0x45  # E
+_NOTICE = 0x4E  # N
+
+CLEAN_CONNECTION_TAG = b"CLEAN CONNECTION"
+
+# Per-type class of backend messages, looked up by type byte: one index, one truth test for
+# the common DataRow. 1 = completion, 2 = ReadyForQuery.
+_BACKEND_KIND = bytearray(256)
+for _t in (_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED):
+    _BACKEND_KIND[_t] = 1
+_BACKEND_KIND[_READY_FOR_QUERY] = 2
+_BACKEND_KIND = bytes(_BACKEND_KIND)
+
+_FIELD_CODE = ord("C")
+_FIELD_MESSAGE = ord("M")
+_FIELD_POSITION = ord("P")
+_FIELD_CONTEXT = ord("W")
+
+
+@dataclass(frozen=True, slots=True)
+class SyntaxFix:
+    """Replace the server's syntax error at ``server_position`` with the grammar's own.
+
+    A query string holding an invalid CLEAN CONNECTION is sent unchanged, so the server
+    rejects the whole string (as it would a native syntax error) at the ``CLEAN`` token,
+    and keeps the transaction state right; the proxy only rewrites the message text.
+    """
+
+    server_position: bytes
+    message: bytes
+    position: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """What the rewriter made of one Query/Parse text.
+
+    ``sql`` replaces the text; ``renamed_statements`` are the indexes, among the non-empty
+    statements of the text, whose completion becomes ``CLEAN CONNECTION``.
+    """
+
+    sql: bytes
+    renamed_statements: tuple[int, ...] = ()
+    syntax_fix: SyntaxFix | None = None
+
+
+Rewriter = Callable[[bytes], Rewrite | None]
+"""Given a Query/Parse text (client bytes, no trailing NUL), the rewrite or ``None``."""
+
+MightRewrite = Callable[[bytes], bool]
+"""Cheap pre-test on a raw Query/Parse body: ``False`` means the rewriter has nothing to do."""
+
+
+@dataclass(slots=True)
+class ReplyPlan:
+    """The shaping owed to one response group."""
+
+    group: int
+    renamed_slots: set[int] = field(default_factory=set)
+    syntax_fix: SyntaxFix | None = None
+
+
+class ReplyPlans:
+    """Plans shared by the two streams of one session, ordered by group."""
+
+    def __init__(self) -> None:
+        self.queue: deque[ReplyPlan] = deque()
+
+    def for_group(self, group: int) -> ReplyPlan:
+        if self.queue and self.queue[-1].group == group:
+            return self.queue[-1]
+        plan = ReplyPlan(group)
+        self.queue.append(plan)
+        return plan
+
+    def shift(self, from_group: int, by: int) -> None:
+        for plan in self.queue:
+            if plan.group >= from_group:
+                plan.group -= by
+
+
+class FrontendStream:
+    """Client → server framing for the ready phase (and the authentication exchange)."""
+
+    def __init__(
+        self,
+        plans: ReplyPlans,
+        *,
+        max_message_size: int,
+        might_rewrite: MightRewrite | None = None,
+        rewrite: Rewriter | None = None,
+    ) -> None:
+        self._plans = plans
+        self._max = max_message_size
+        self._might_rewrite = might_rewrite
+        self._rewrite = rewrite
+        self._pending = b""  # a partial header, or a Query/Parse/tracked message not yet whole
+        self._stream_left = 0  # bytes of a streamed message still to pass through
+        # Response-group accounting (see module docstring).
+        self.groups_sent = 0
+        self._executes = 0
+        self._syncs_since_execute = 0
+        self._executes_before_sync = 0
+        # Prepared statements / portals whose executions are shaped.
+        self._statements: set[bytes] = set()
+        self._portals: set[bytes] = set()
+
+    @property
+    def _tracking(self) -> bool:
+        return bool(self._statements or self._portals)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The chunks to send to the server for ``data`` received from the client."""
+        out: list[bytes] = []
+        left = self._stream_left
+        if left:
+            if len(data) <= left:
+                self._stream_left = left - len(data)
+                return [data]
+            out.append(data[:left])
+            data = data[left:]
+            self._stream_left = 0
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        n = len(data)
+        pos = run_start = 0
+        while n - pos >= 5:
+            t = data[pos]
+            length = _unpack_int32(data, pos + 1)[0]
+            if length < 4 or length > self._max:
+                raise ProtocolViolation(f"invalid message length {length}")
+            end = pos + 1 + length
+            if (
+                t == _QUERY
+                or t == _PARSE
+                or ((t == _BIND or t == _EXECUTE or t == _CLOSE) and self._tracking)
+            ):
+                if end > n:
+                    break
+                replacement = self._inspect(t, data, pos + 5, end)
+                if replacement is not None:
+                    if pos > run_start:
+                        out.append(data[run_start:pos])
+                    out.append(replacement)
+                    run_start = end
+            else:
+                if t == _SYNC:
+                    self._on_sync()
+                elif t == _EXECUTE:
+                    self._executes += 1
+                    self._syncs_since_execute = 0
+                elif t == _FUNCTION_CALL:
+                    self.groups_sent += 1
+                elif t == _COPY_DONE or t == _COPY_FAIL:
+                    self._on_copy_end()
+                if end > n:
+                    self._stream_left = end - n
+                    pos = n
+                    break
+            pos = end
+        if pos > run_start:
+            out.append(data[run_start:pos])
+        if pos < n:
+            self._pending = data[pos:]
+        return out
+
+    # --- accounting ------------------------------------------------------------------
+
+    def _on_sync(self) -> None:
+        if self._syncs_since_execute == 0:
+            self._executes_before_sync = self._executes
+        self._syncs_since_execute += 1
+        self.groups_sent += 1
+        self._executes = 0
+
+    def _on_copy_end(self) -> None:
+        # The server ignores Sync (and Flush) while in COPY IN mode; libpq sends one right
+        # after an Execute it did not know was a COPY. Those Syncs open no group.
+        void = self._syncs_since_execute
+        if void:
+            self.groups_sent -= void
+            self._plans.shift(self.groups_sent + void, void)
+            self._executes = self._executes_before_sync
+            self._syncs_since_execute = 0
+
+    # --- inspection of whole Query / Parse / Bind / Execute / Close -------------------
+
+    def _inspect(self, t: int, data: bytes, start: int, end: int) -> bytes | None:
+        if t == _QUERY:
+            group = self.groups_sent
+            self.groups_sent += 1
+            self._executes = 0
+            self._syncs_since_execute = 0
+            return self._inspect_query(data, start, end, group)
+        if t == _PARSE:
+            return self._inspect_parse(data, start, end)
+        body = data[start:end]
+        if t == _BIND:
+            portal, pos = cstring_at(body, 0)
+            statement, _ = cstring_at(body, pos)
+            if statement in self._statements:
+                self._portals.add(portal)
+            else:
+                self._portals.discard(portal)
+        elif t == _EXECUTE:
+            portal, _ = cstring_at(body, 0)
+            if portal in self._portals:
+                self._plans.for_group(self.groups_sent).renamed_slots.add(self._executes)
+            self._executes += 1
+            self._syncs_since_execute = 0
+        else:  # Close
+            name, _ = cstring_at(body, 1)
+            (self._statements if body[:1] == b"S" else self._portals).discard(name)
+        return None
+
+    def _inspect_query(self, data: bytes, start: int, end: int, group: int) -> bytes | None:
+        if self._rewrite is None or not self._might_rewrite(data[start:end]):
+            return None
+        sql = data[start : end - 1]  # without the terminating NUL
+        rewrite = self._rewrite(sql)
+        if rewrite is None:
+            return None
+        plan = self._plans.for_group(group)
+        plan.renamed_slots.update(rewrite.renamed_statements)
+        plan.syntax_fix = rewrite.syntax_fix
+        if rewrite.sql == sql:
+            return None
+        return message(b"Q", rewrite.sql + b"\0")
+
+    def _inspect_parse(self, data: bytes, start: int, end: int) -> bytes | None:
+        body = data[start:end]
+        name, sql_start = cstring_at(body, 0)
+        if self._rewrite is None or not self._might_rewrite(body):
+            if self._statements:
+                self._statements.discard(name)
+            return None
+        sql, params_start = cstring_at(body, sql_start)
+        rewrite = self._rewrite(sql)
+        if rewrite is None:
+            self._statements.discard(name)
+            return None
+        if rewrite.syntax_fix is not None:
+            self._plans.for_group(self.groups_sent).syntax_fix = rewrite.syntax_fix
+            self._statements.discard(name)
+            return None
+        self._statements.add(name)
+        return message(b"P", name + b"\0" + rewrite.sql + b"\0" + body[params_start:])
+
+
+class BackendStream:
+    """Server → client: walks headers, counts groups, shapes planned replies."""
+
+    def __init__(self, plans: ReplyPlans) -> None:
+        self._plans = plans
+        # The server's first ReadyForQuery ends the startup phase, not a client group.
+        self.groups_done = -1
+        self._completions = 0
+        self._skip = 0  # bytes of the current message body still to pass through
+        self._carry = b""  # a partial header, or a message held whole for shaping
+
+    def at_message_boundary(self) -> bool:
+        """True when the bytes forwarded so far end exactly at a message boundary."""
+        return not self._skip and not self._carry
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The chunks to send to the client for ``data`` received from the server."""
+        skip = self._skip
+        if skip:
+            if len(data) <= skip:
+                self._skip = skip - len(data)
+                return [data]
+            self._skip = 0
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        if not self._plans.queue:
+            return self._walk(data, skip)
+        return self._walk_shaping(data, skip)
+
+    def _walk(self, data: bytes, pos: int) -> list[bytes]:
+        """Nothing to shape: count groups and forward ``data`` as it is."""
+        n = len(data)
+        kinds = _BACKEND_KIND
+        completions = self._completions
+        while n - pos >= 5:
+            kind = kinds[data[pos]]
+            if kind:
+                if kind == 1:
+                    completions += 1
+                else:
+                    self.groups_done += 1
+                    completions = 0
+            length = _unpack_int32(data, pos + 1)[0]
+            if length < 4:
+                raise ProtocolViolation(f"server sent invalid message length {length}")
+            pos += 1 + length
+        self._completions = completions
+        if pos > n:
+            self._skip = pos - n
+        elif pos < n:
+            # A partial header: hold it back so the next read starts on a boundary.
+            self._carry = data[pos:]
+            return [data[:pos]] if pos else []
+        return [data]
+
+    def _walk_shaping(self, data: bytes, pos: int) -> list[bytes]:
+        out: list[bytes] = []
+        n = len(data)
+        run_start = 0
+        queue = self._plans.queue
+        while n - pos >= 5:
+            t = data[pos]
+            length = _unpack_int32(data, pos + 1)[0]
+            if length < 4:
+                raise ProtocolViolation(f"server sent invalid message length {length}")
+            end = pos + 1 + length
+            plan = queue[0] if queue and queue[0].group == self.groups_done + 1 else None
+            if plan is not None and (t == _COMMAND_COMPLETE or t == _ERROR or t == _NOTICE):
+                if end > n:
+                    break  # hold the partial message until it is whole
+                shaped = self._shape(plan, t, data[pos + 5 : end])
+                if shaped is not None:
+                    if pos > run_start:
+                        out.append(data[run_start:pos])
+                    out.append(shaped)
+                    run_start = end
+            kind = _BACKEND_KIND[t]
+            if kind == 1:
+                self._completions += 1
+            elif kind == 2:
+                self.groups_done += 1
+                self._completions = 0
+                while queue and queue[0].group <= self.groups_done:
+                    queue.popleft()
+            if end > n:
+                self._skip = end - n
+                pos = n
+                break
+            pos = end
+        if pos > run_start:
+            out.append(data[run_start:pos])
+        if pos < n:
+            self._carry = data[pos:]
+        return out
+
+    def _shape(self, plan: ReplyPlan, t: int, body: bytes) -> bytes | None:
+        renamed = self._completions in plan.renamed_slots
+        if t == _COMMAND_COMPLETE:
+            return message(b"C", CLEAN_CONNECTION_TAG + b"\0") if renamed else None
+        fields = parse_fields(body)
+        if t == _ERROR and plan.syntax_fix is not None:
+            fix = plan.syntax_fix
+            found = dict(fields)
+            if found.get(_FIELD_CODE) == b"42601" and found.get(_FIELD_POSITION) == (
+                fix.server_position
+            ):
+                fields = [
+                    (code, fix.message if code == _FIELD_MESSAGE else value)
+                    for code, value in fields
+                    if code != _FIELD_POSITION
+                ]
+                fields.append((_FIELD_POSITION, fix.position))
+                return message(b"E", build_fields(fields))
+        if not renamed:
+            return None
+        # The rewritten statement runs as PL/pgSQL; a native command has no CONTEXT line.
+        kept = [(code, value) for code, value in fields if code != _FIELD_CONTEXT]
+        if len(kept) == len(fields):
+            return None
+        return message(bytes((t,)), build_fields(kept))

@@ -1,0 +1,180 @@
+"""PostgreSQL protocol v3 framing and message codecs, without I/O.
+
+Two framings exist on the wire:
+
+* startup packets (client's first message, and after an SSLRequest/GSSENCRequest refusal):
+  ``Int32 length`` (including itself) + ``Int32 code`` + payload;
+* typed messages (everything else): ``Byte1 type`` + ``Int32 length`` (including itself,
+  excluding the type byte) + body.
+
+Only what the proxy needs is here: a startup-packet parser, the ErrorResponse/Notice field
+codec, and builders for the few messages the proxy itself sends. The typed-message framers
+that run per message live in :mod:`proxy.streams` because they carry per-session state.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import Enum
+
+# Startup-packet request codes (the protocol-version field doubles as a request code).
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+PROTOCOL_3_MAJOR = 3
+
+MAX_STARTUP_PACKET_LENGTH = 10_000
+"""PostgreSQL's own limit (MAX_STARTUP_PACKET_LENGTH in libpq/pqcomm.h)."""
+
+HEADER = struct.Struct("!cI")
+INT32 = struct.Struct("!I")
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not valid protocol; the connection must be closed.
+
+    ``sqlstate`` is what the client is told when a reply is still possible.
+    """
+
+    sqlstate = "08P01"
+
+
+class StartupKind(Enum):
+    SSL_REQUEST = "ssl"
+    GSSENC_REQUEST = "gssenc"
+    CANCEL_REQUEST = "cancel"
+    STARTUP = "startup"
+
+
+@dataclass(frozen=True, slots=True)
+class StartupPacket:
+    """One complete startup packet. ``raw`` is the exact bytes received (for forwarding)."""
+
+    kind: StartupKind
+    raw: bytes
+
+    @property
+    def protocol_version(self) -> int:
+        return INT32.unpack_from(self.raw, 4)[0]
+
+    def parameters(self) -> dict[str, str]:
+        """The name/value pairs of a StartupMessage, decoded as UTF-8 for display only."""
+        fields = self.raw[8:].split(b"\0")
+        params: dict[str, str] = {}
+        for name, value in zip(fields[0::2], fields[1::2], strict=False):
+            if not name:
+                break
+            params[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        return params
+
+
+class StartupParser:
+    """Accumulates bytes until one startup packet is complete.
+
+    :meth:`feed` returns ``(packet, rest)`` once a packet is complete (``rest`` being any
+    bytes that followed it), or ``None`` while more bytes are needed. Raises
+    :class:`ProtocolViolation` for lengths outside PostgreSQL's bounds or unknown codes.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> tuple[StartupPacket, bytes] | None:
+        buffer = self._buffer + data if self._buffer else data
+        if len(buffer) < 8:
+            self._buffer = buffer
+            return None
+        length, code = struct.unpack_from("!II", buffer, 0)
+        if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
+            raise ProtocolViolation(f"invalid length of startup packet: {length}")
+        if len(buffer) < length:
+            self._buffer = buffer
+            return None
+        self._buffer = b""
+        raw, rest = buffer[:length], buffer[length:]
+        return StartupPacket(_classify(code, length), raw), rest
+
+
+def _classify(code: int, length: int) -> StartupKind:
+    if code == SSL_REQUEST_CODE:
+        kind = StartupKind.SSL_REQUEST
+    elif code == GSSENC_REQUEST_CODE:
+        kind = StartupKind.GSSENC_REQUEST
+    elif code == CANCEL_REQUEST_CODE:
+        # Protocol 3.0 keys are 4 bytes; 3.2 allows up to 256. Forward any length.
+        if length < 12:
+            raise ProtocolViolation("invalid length of cancel request packet")
+        return StartupKind.CANCEL_REQUEST
+    elif code >> 16 == PROTOCOL_3_MAJOR:
+        return StartupKind.STARTUP
+    else:
+        raise ProtocolViolation(
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+            "server supports 3.0 to 3.2"
+        )
+    if length != 8:
+        raise ProtocolViolation("invalid length of startup packet")
+    return kind
+
+
+# --- ErrorResponse / NoticeResponse fields -------------------------------------------
+
+
+def parse_fields(body: bytes) -> list[tuple[int, bytes]]:
+    """Split an ErrorResponse/NoticeResponse body into ``(field code, value)`` pairs."""
+    fields: list[tuple[int, bytes]] = []
+    pos = 0
+    end = len(body)
+    while pos < end and body[pos] != 0:
+        code = body[pos]
+        stop = body.index(b"\0", pos + 1)
+        fields.append((code, body[pos + 1 : stop]))
+        pos = stop + 1
+    return fields
+
+
+def build_fields(fields: list[tuple[int, bytes]]) -> bytes:
+    """Inverse of :func:`parse_fields`: the body of an ErrorResponse/NoticeResponse."""
+    return b"".join(bytes((code,)) + value + b"\0" for code, value in fields) + b"\0"
+
+
+def message(type_byte: bytes, body: bytes) -> bytes:
+    """A complete typed message."""
+    return type_byte + INT32.pack(len(body) + 4) + body
+
+
+def error_response(
+    sqlstate: str,
+    text: str,
+    *,
+    severity: str = "ERROR",
+    detail: str | None = None,
+    position: int | None = None,
+) -> bytes:
+    """An ErrorResponse as PostgreSQL would send it (S, V, C, M, optional D and P)."""
+    fields = [
+        (ord("S"), severity.encode()),
+        (ord("V"), severity.encode()),
+        (ord("C"), sqlstate.encode()),
+        (ord("M"), text.encode()),
+    ]
+    if detail is not None:
+        fields.append((ord("D"), detail.encode()))
+    if position is not None:
+        fields.append((ord("P"), str(position).encode()))
+    return message(b"E", build_fields(fields))
+
+
+def ready_for_query(status: bytes = b"I") -> bytes:
+    return message(b"Z", status)
+
+
+def command_complete(tag: bytes) -> bytes:
+    return message(b"C", tag + b"\0")
+
+
+def cstring_at(body: bytes, pos: int) -> tuple[bytes, int]:
+    """The NUL-terminated string starting at ``pos`` and the offset just past its NUL."""
+    stop = body.index(b"\0", pos)
+    return body[pos:stop], stop + 1
