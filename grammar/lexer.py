@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from pglast.parser import ParseError
+from pglast.parser import Token as RawToken
 from pglast.parser import scan as _pg_scan
 
 from grammar.errors import GrammarError
@@ -52,6 +53,16 @@ class Token(NamedTuple):
 
 def scan(sql: str) -> list[Token]:
     """All tokens of ``sql`` (comments included), or :class:`GrammarError` if unscannable."""
+    return [
+        Token(t.name, t.kind, t.start, t.end + 1, sql[t.start : t.end + 1]) for t in scan_raw(sql)
+    ]
+
+
+def scan_raw(sql: str) -> list[RawToken]:
+    """pglast's own tokens (``end`` inclusive), for hot loops that convert few of them.
+
+    Same errors as :func:`scan`.
+    """
     if "\x00" in sql:
         raise GrammarError("invalid message format", sql.index("\x00") + 1)
     try:
@@ -61,7 +72,12 @@ def scan(sql: str) -> list[Token]:
         raise GrammarError(str(message), int(index) + 1) from None
     except UnicodeEncodeError as exc:
         raise GrammarError("invalid byte sequence for encoding UTF8", exc.start + 1) from None
-    return [Token(t.name, t.kind, t.start, t.end + 1, sql[t.start : t.end + 1]) for t in raw]
+    return raw
+
+
+def from_raw(sql: str, raw: RawToken) -> Token:
+    """Convert one of :func:`scan_raw`'s tokens."""
+    return Token(raw.name, raw.kind, raw.start, raw.end + 1, sql[raw.start : raw.end + 1])
 
 
 def ascii_lower(text: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from grammar.clean_connection import CleanConnection, parse_tokens
 from grammar.errors import GrammarError
-from grammar.lexer import COMMENT_NAMES, Token, ascii_lower, is_word, scan
+from grammar.lexer import RawToken, ascii_lower, from_raw, scan_raw
 
 
 def might_contain_clean(body: bytes) -> bool:
@@ -31,8 +31,10 @@ def might_contain_clean(body: bytes) -> bool:
 
     False => certainly no CLEAN CONNECTION statement; True => worth scanning.
     """
+    # bytes.find is measurably cheaper than the ``in`` operator on CPython 3.11.
     lowered = body.lower()
-    return b"clean" in lowered and b"connection" in lowered
+    at = lowered.find(b"clean")
+    return at >= 0 and lowered.find(b"connection", at + 5) >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,9 @@ class Statement:
         return self.clean is not None or self.error is not None
 
 
-_ROUTINE_WORDS = {"create": "c", "function": "f", "procedure": "p", "or": "o", "replace": "r"}
+# psql's routine-prefix letters (``psqlscan.l``); these words are all keywords to pglast.
+_ROUTINE_WORDS = {"CREATE": "c", "FUNCTION": "f", "PROCEDURE": "p", "OR": "o", "REPLACE": "r"}
+_BLOCK_WORDS = frozenset({"BEGIN_P", "CASE", "END_P"})
 
 
 def split_statements(sql: str) -> list[Statement] | None:
@@ -68,78 +72,101 @@ def split_statements(sql: str) -> list[Statement] | None:
     the caller passes it through untouched and lets the server report the error.
     """
     try:
-        tokens = scan(sql)
+        tokens = scan_raw(sql)
     except GrammarError:
         return None
-    eof_position = len(sql) + 1
     statements: list[Statement] = []
-    start = 0
-    body: list[Token] = []
+    start = 0  # span start
+    first = -1  # index in tokens of the statement's first real token, -1 if none yet
+    second = -1
+    last = -1  # index of its last real token
     # psql's BEGIN ATOMIC heuristic state, reset at each statement boundary.
     paren_depth = begin_depth = word_count = 0
     prefix = ["", "", "", ""]
+    routine = False
 
-    for tok in tokens:
+    for index, tok in enumerate(tokens):
         name = tok.name
-        if name in COMMENT_NAMES:
+        if name == "C_COMMENT" or name == "SQL_COMMENT":
             continue
         if name == "ASCII_59" and paren_depth == 0 and begin_depth == 0:
-            statements.append(_statement(sql, start, tok.end, body, tok, eof_position))
-            start = tok.end
-            body = []
+            end = tok.end + 1
+            statements.append(_statement(sql, tokens, start, end, first, second, last, index))
+            start = end
+            first = second = last = -1
             word_count = 0
             prefix = ["", "", "", ""]
+            routine = False
             continue
-        body.append(tok)
+        if first < 0:
+            first = index
+        elif second < 0:
+            second = index
+        last = index
         if name == "ASCII_40":
             paren_depth += 1
         elif name == "ASCII_41":
             if paren_depth:
                 paren_depth -= 1
-        elif tok.kind != "NO_KEYWORD" or (name == "IDENT" and tok.text[0] != '"'):
-            word = ascii_lower(tok.text)
+        elif tok.kind != "NO_KEYWORD" or (name == "IDENT" and sql[tok.start] != '"'):
+            # An unquoted word: psql counts it, and tracks BEGIN/CASE/END in routines.
             if word_count < 4:
-                prefix[word_count] = _ROUTINE_WORDS.get(word, "")
-            word_count += 1
-            if (
-                paren_depth == 0
-                and prefix[0] == "c"
-                and (
+                prefix[word_count] = _ROUTINE_WORDS.get(name, "")
+                routine = prefix[0] == "c" and (
                     prefix[1] in ("f", "p")
                     or (prefix[1] == "o" and prefix[2] == "r" and prefix[3] in ("f", "p"))
                 )
-            ):
-                if word == "begin":
+            word_count += 1
+            if routine and paren_depth == 0 and name in _BLOCK_WORDS:
+                if name == "BEGIN_P":
                     begin_depth += 1
-                elif word == "case":
+                elif name == "CASE":
                     if begin_depth:
                         begin_depth += 1
-                elif word == "end" and begin_depth:
+                elif begin_depth:
                     begin_depth -= 1
 
     if start < len(sql) or not statements:
-        statements.append(_statement(sql, start, len(sql), body, None, eof_position))
+        statements.append(
+            _statement(sql, tokens, start, len(sql), first, second, last, len(tokens))
+        )
     return statements
 
 
 def _statement(
     sql: str,
+    tokens: list[RawToken],
     start: int,
     end: int,
-    body: list[Token],
-    semicolon: Token | None,
-    eof_position: int,
+    first: int,
+    second: int,
+    last: int,
+    stop: int,
 ) -> Statement:
-    if not body:
+    """The span ``[start, end)`` whose real tokens are ``tokens[first..last]``; ``stop`` is
+    the index of its terminating ``;`` (or ``len(tokens)``)."""
+    if first < 0:
         return Statement(start, end, start, start, True)
-    clean = error = None
-    if len(body) >= 2 and body[1].name == "CONNECTION" and is_word(body[0], "clean"):
-        tokens = [*body, semicolon] if semicolon is not None else body
-        try:
-            clean = parse_tokens(sql, tokens, eof_position)
-        except GrammarError as exc:
-            error = exc
-    return Statement(start, end, body[0].start, body[-1].end, False, clean, error)
+    body_start, body_end = tokens[first].start, tokens[last].end + 1
+    head = tokens[first]
+    if (
+        second < 0
+        or tokens[second].name != "CONNECTION"
+        or head.name != "IDENT"
+        or head.end - head.start != 4
+        or ascii_lower(sql[head.start : head.end + 1]) != "clean"
+    ):
+        return Statement(start, end, body_start, body_end, False)
+    body = [
+        from_raw(sql, t)
+        for t in tokens[first : stop + 1]
+        if t.name != "C_COMMENT" and t.name != "SQL_COMMENT"
+    ]
+    try:
+        clean = parse_tokens(sql, body, len(sql) + 1)
+    except GrammarError as exc:
+        return Statement(start, end, body_start, body_end, False, None, exc)
+    return Statement(start, end, body_start, body_end, False, clean)
 
 
 def find_clean_statements(sql: str) -> list[Statement]:
