@@ -6,7 +6,7 @@ Contract:
   Python ``str`` (character) offsets, ``end`` exclusive. pglast 8 already converts the
   scanner's UTF-8 byte offsets to character indexes (its ``Displacements`` helper) and
   reports ``end`` as the index of the token's last character, so ``end + 1`` is used here;
-  ``tests/grammar/test_lexer.py`` pins this down with non-ASCII input.
+  ``tests/grammar/test_grammar_lexer.py`` pins this down with non-ASCII input.
 * A string the scanner rejects (unterminated quote or comment, zero-length ``""``), or one
   PostgreSQL could never receive (a NUL character, a lone surrogate) raises
   :class:`~grammar.errors.GrammarError`.
