@@ -25,6 +25,11 @@ Choices, each mirroring what PostgreSQL does with the same tokens:
   of the whole query string plus one, as the server reports it (checked against
   PostgreSQL 15). In a multi-statement string the terminating ``;`` is an ordinary token,
   so an unfinished statement there fails ``at or near ";"``.
+* ``U&"..."`` errors (``invalid Unicode escape``, ``... escape value``, ``... surrogate
+  pair``, ``UESCAPE must be followed by a simple string literal``, ``invalid Unicode escape
+  character``) carry the server's messages and positions. Known gap: a ``UESCAPE`` literal
+  written with ``\\u`` escapes (``E'\\u0021'``) is not decoded and is reported as an
+  invalid escape character, where PostgreSQL would accept it.
 """
 
 from __future__ import annotations
