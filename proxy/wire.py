@@ -82,12 +82,16 @@ class StartupParser:
 
     def feed(self, data: bytes) -> tuple[StartupPacket, bytes] | None:
         buffer = self._buffer + data if self._buffer else data
+        if len(buffer) >= 4:
+            # Judge the length as soon as it is known: a client that sent a bad one may
+            # never send the four bytes more that the code needs.
+            length = INT32.unpack_from(buffer, 0)[0]
+            if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
+                raise ProtocolViolation(f"invalid length of startup packet: {length}")
         if len(buffer) < 8:
             self._buffer = buffer
             return None
-        length, code = struct.unpack_from("!II", buffer, 0)
-        if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
-            raise ProtocolViolation(f"invalid length of startup packet: {length}")
+        code = INT32.unpack_from(buffer, 4)[0]
         if len(buffer) < length:
             self._buffer = buffer
             return None
