@@ -12,6 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NoReturn
 
 import platformdirs
 
@@ -58,6 +59,8 @@ def parse_address(text: str, *, what: str, default_port: int = 5432) -> Address:
             raise ConfigError(f"{what}: cannot parse address {text!r}, expected [HOST]:PORT")
         port_text = rest[1:]
     else:
+        if text.count(":") > 1:
+            raise ConfigError(f"{what}: IPv6 address {text!r} needs brackets, expected [HOST]:PORT")
         host, sep, port_text = text.rpartition(":")
         if not sep:
             host, port_text = text, ""
@@ -95,8 +98,16 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("pg-dialect-proxy"))
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a one-line :class:`ConfigError`, not usage text
+    and ``SystemExit`` (``--help`` still prints and exits 0)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="pg-dialect-proxy",
         description=(
             "PostgreSQL wire-protocol proxy that passes all traffic through unchanged and "
