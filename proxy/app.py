@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from .clean import CleanConnectionDialect
 from .config import Address, Config
 from .embedded import EmbeddedPostgres
 from .server import ProxyServer
@@ -39,7 +40,9 @@ def run(config: Config) -> None:
 
 
 async def _serve(config: Config, upstream: Address, embedded: EmbeddedPostgres | None) -> None:
-    server = ProxyServer(config, upstream, **_dialect_hooks(config))
+    server = ProxyServer(
+        config, upstream, dialect=CleanConnectionDialect(config.clean_wait_timeout)
+    )
     bound = await server.start()
     server.install_signal_handlers()
     for address in bound:
@@ -53,8 +56,3 @@ async def _serve(config: Config, upstream: Address, embedded: EmbeddedPostgres |
             flush=True,
         )
     await server.serve()
-
-
-def _dialect_hooks(config: Config) -> dict[str, object]:
-    """The CLEAN CONNECTION rewriter, when the dialect module is available."""
-    return {}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from typing import Protocol
 
 from .config import Address, Config
 from .relay import ClientProtocol
 from .session import Session
-from .streams import MightRewrite, Rewriter
 
 log = logging.getLogger("pgdp.server")
 session_log = logging.getLogger("pgdp.session")
@@ -20,11 +19,20 @@ class ListenError(OSError):
     """The listen address could not be bound (in use, not permitted, unknown host)."""
 
 
+class Dialect(Protocol):
+    """Statements the proxy rewrites: a cheap byte pre-test and per-session hooks."""
+
+    def might_rewrite(self, body: bytes) -> bool: ...
+
+    def attach(self, session: Session) -> None:
+        """Set ``session.rewrite`` and ``session.on_outcome`` for a new session."""
+
+
 class ProxyServer:
     """Accepts clients on ``config.listen`` and relays each one to ``upstream``.
 
-    ``rewriter`` and ``might_rewrite`` are the dialect hooks applied to Query/Parse texts
-    (see :mod:`proxy.streams`); without them the proxy is a transparent relay.
+    ``dialect`` supplies the hooks applied to Query/Parse texts (see :mod:`proxy.streams`);
+    without one the proxy is a transparent relay.
     """
 
     def __init__(
@@ -32,13 +40,11 @@ class ProxyServer:
         config: Config,
         upstream: Address,
         *,
-        might_rewrite: MightRewrite | None = None,
-        rewriter_factory: Callable[[Session], Rewriter] | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream
-        self._might_rewrite = might_rewrite
-        self._rewriter_factory = rewriter_factory
+        self._dialect = dialect
         self.clients: set[ClientProtocol] = set()
         self._server: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
@@ -74,12 +80,11 @@ class ProxyServer:
 
     def _new_session(self, client_address: str) -> Session:
         session = Session(
-            client_address=client_address,
-            max_message_size=self.config.max_message_size,
-            might_rewrite=self._might_rewrite,
+            client_address=client_address, max_message_size=self.config.max_message_size
         )
-        if self._rewriter_factory is not None:
-            session.rewrite = self._rewriter_factory(session)
+        if self._dialect is not None:
+            session.might_rewrite = self._dialect.might_rewrite
+            self._dialect.attach(session)
         return session
 
     def _client_closed(self, client: ClientProtocol) -> None:

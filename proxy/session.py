@@ -15,7 +15,14 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from .streams import BackendStream, FrontendStream, MightRewrite, ReplyPlans, Rewriter
+from .streams import (
+    BackendStream,
+    FrontendStream,
+    MightRewrite,
+    OutcomeListener,
+    ReplyPlans,
+    Rewriter,
+)
 from .wire import StartupKind, StartupPacket, StartupParser
 
 _connection_ids = itertools.count(1)
@@ -47,6 +54,7 @@ class Session:
     max_message_size: int
     might_rewrite: MightRewrite | None = None
     rewrite: Rewriter | None = None
+    on_outcome: OutcomeListener | None = None
     connection_id: int = field(default_factory=lambda: next(_connection_ids))
     phase: Phase = Phase.STARTUP
     user: str = ""
@@ -77,7 +85,7 @@ class Session:
             might_rewrite=self.might_rewrite,
             rewrite=self.rewrite,
         )
-        self.backend = BackendStream(plans)
+        self.backend = BackendStream(plans, self.on_outcome)
         self.phase = Phase.CONNECTING
         return StartupAction.CONNECT
 

@@ -23,6 +23,7 @@ backend walks headers and forwards whole reads.
 from __future__ import annotations
 
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,16 +81,29 @@ class SyntaxFix:
     position: bytes
 
 
+@dataclass(slots=True)
+class ShapedStatement:
+    """One rewritten statement whose replies are shaped; carried to its outcome.
+
+    ``text`` is the client's original statement (for the audit log), ``sent_at`` the
+    monotonic time it was sent to the server (set when it is executed).
+    """
+
+    text: str
+    sent_at: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     """What the rewriter made of one Query/Parse text.
 
-    ``sql`` replaces the text; ``renamed_statements`` are the indexes, among the non-empty
-    statements of the text, whose completion becomes ``CLEAN CONNECTION``.
+    ``sql`` replaces the text; ``renamed`` maps the indexes, among the non-empty statements
+    of the text, whose completion becomes ``CLEAN CONNECTION`` to their original text.
     """
 
     sql: bytes
-    renamed_statements: tuple[int, ...] = ()
+    renamed: tuple[tuple[int, str], ...] = ()
     syntax_fix: SyntaxFix | None = None
 
 
@@ -99,13 +113,20 @@ Rewriter = Callable[[bytes], Rewrite | None]
 MightRewrite = Callable[[bytes], bool]
 """Cheap pre-test on a raw Query/Parse body: ``False`` means the rewriter has nothing to do."""
 
+OutcomeListener = Callable[[ShapedStatement, bytes, "list[tuple[int, bytes]] | None"], None]
+"""Told the outcome of each shaped statement: its CommandComplete tag (b"" on error) and
+the ErrorResponse fields, if it failed."""
+
+AUDIT_MARKER = b"pgdp:audit "
+"""Prefix of the INFO message a rewritten statement sends with its counts; never forwarded."""
+
 
 @dataclass(slots=True)
 class ReplyPlan:
     """The shaping owed to one response group."""
 
     group: int
-    renamed_slots: set[int] = field(default_factory=set)
+    renamed_slots: dict[int, ShapedStatement] = field(default_factory=dict)
     syntax_fix: SyntaxFix | None = None
 
 
@@ -151,8 +172,8 @@ class FrontendStream:
         self._syncs_since_execute = 0
         self._executes_before_sync = 0
         # Prepared statements / portals whose executions are shaped.
-        self._statements: set[bytes] = set()
-        self._portals: set[bytes] = set()
+        self._statements: dict[bytes, str] = {}
+        self._portals: dict[bytes, str] = {}
 
     @property
     def _tracking(self) -> bool:
@@ -248,19 +269,22 @@ class FrontendStream:
         if t == _BIND:
             portal, pos = cstring_at(body, 0)
             statement, _ = cstring_at(body, pos)
-            if statement in self._statements:
-                self._portals.add(portal)
+            text = self._statements.get(statement)
+            if text is not None:
+                self._portals[portal] = text
             else:
-                self._portals.discard(portal)
+                self._portals.pop(portal, None)
         elif t == _EXECUTE:
             portal, _ = cstring_at(body, 0)
-            if portal in self._portals:
-                self._plans.for_group(self.groups_sent).renamed_slots.add(self._executes)
+            text = self._portals.get(portal)
+            if text is not None:
+                shaped = ShapedStatement(text, time.monotonic())
+                self._plans.for_group(self.groups_sent).renamed_slots[self._executes] = shaped
             self._executes += 1
             self._syncs_since_execute = 0
         else:  # Close
             name, _ = cstring_at(body, 1)
-            (self._statements if body[:1] == b"S" else self._portals).discard(name)
+            (self._statements if body[:1] == b"S" else self._portals).pop(name, None)
         return None
 
     def _inspect_query(self, data: bytes, start: int, end: int, group: int) -> bytes | None:
@@ -271,7 +295,9 @@ class FrontendStream:
         if rewrite is None:
             return None
         plan = self._plans.for_group(group)
-        plan.renamed_slots.update(rewrite.renamed_statements)
+        now = time.monotonic()
+        for index, text in rewrite.renamed:
+            plan.renamed_slots[index] = ShapedStatement(text, now)
         plan.syntax_fix = rewrite.syntax_fix
         if rewrite.sql == sql:
             return None
@@ -282,28 +308,28 @@ class FrontendStream:
         name, sql_start = cstring_at(body, 0)
         if self._rewrite is None or not self._might_rewrite(body):
             if self._statements:
-                self._statements.discard(name)
+                self._statements.pop(name, None)
             return None
         sql, params_start = cstring_at(body, sql_start)
         rewrite = self._rewrite(sql)
-        if rewrite is None:
-            self._statements.discard(name)
+        if rewrite is None or not rewrite.renamed:
+            self._statements.pop(name, None)
+            if rewrite is not None and rewrite.syntax_fix is not None:
+                self._plans.for_group(self.groups_sent).syntax_fix = rewrite.syntax_fix
             return None
-        if rewrite.syntax_fix is not None:
-            self._plans.for_group(self.groups_sent).syntax_fix = rewrite.syntax_fix
-            self._statements.discard(name)
-            return None
-        self._statements.add(name)
+        self._statements[name] = rewrite.renamed[0][1]
         return message(b"P", name + b"\0" + rewrite.sql + b"\0" + body[params_start:])
 
 
 class BackendStream:
     """Server → client: walks headers, counts groups, shapes planned replies."""
 
-    def __init__(self, plans: ReplyPlans) -> None:
+    def __init__(self, plans: ReplyPlans, on_outcome: OutcomeListener | None = None) -> None:
         self._plans = plans
-        # The server's first ReadyForQuery ends the startup phase, not a client group.
-        self.groups_done = -1
+        self._on_outcome = on_outcome
+        # Index of the group being answered. The server's first ReadyForQuery ends the
+        # startup phase, not a client group: it moves this from -1 to 0.
+        self.answering_group = -1
         self._completions = 0
         self._skip = 0  # bytes of the current message body still to pass through
         self._carry = b""  # a partial header, or a message held whole for shaping
@@ -338,7 +364,7 @@ class BackendStream:
                 if kind == 1:
                     completions += 1
                 else:
-                    self.groups_done += 1
+                    self.answering_group += 1
                     completions = 0
             length = _unpack_int32(data, pos + 1)[0]
             if length < 4:
@@ -364,7 +390,7 @@ class BackendStream:
             if length < 4:
                 raise ProtocolViolation(f"server sent invalid message length {length}")
             end = pos + 1 + length
-            plan = queue[0] if queue and queue[0].group == self.groups_done + 1 else None
+            plan = queue[0] if queue and queue[0].group == self.answering_group else None
             if plan is not None and (t == _COMMAND_COMPLETE or t == _ERROR or t == _NOTICE):
                 if end > n:
                     break  # hold the partial message until it is whole
@@ -378,9 +404,9 @@ class BackendStream:
             if kind == 1:
                 self._completions += 1
             elif kind == 2:
-                self.groups_done += 1
+                self.answering_group += 1
                 self._completions = 0
-                while queue and queue[0].group <= self.groups_done:
+                while queue and queue[0].group < self.answering_group:
                     queue.popleft()
             if end > n:
                 self._skip = end - n
@@ -394,27 +420,52 @@ class BackendStream:
         return out
 
     def _shape(self, plan: ReplyPlan, t: int, body: bytes) -> bytes | None:
-        renamed = self._completions in plan.renamed_slots
+        """The replacement for a whole C/E/N message of ``plan``'s group, or None to keep it."""
+        shaped = plan.renamed_slots.get(self._completions)
         if t == _COMMAND_COMPLETE:
-            return message(b"C", CLEAN_CONNECTION_TAG + b"\0") if renamed else None
+            if shaped is None:
+                return None
+            if self._on_outcome is not None:
+                self._on_outcome(shaped, body[:-1], None)
+            return message(b"C", CLEAN_CONNECTION_TAG + b"\0")
         fields = parse_fields(body)
         if t == _ERROR and plan.syntax_fix is not None:
-            fix = plan.syntax_fix
-            found = dict(fields)
-            if found.get(_FIELD_CODE) == b"42601" and found.get(_FIELD_POSITION) == (
-                fix.server_position
-            ):
-                fields = [
-                    (code, fix.message if code == _FIELD_MESSAGE else value)
-                    for code, value in fields
-                    if code != _FIELD_POSITION
-                ]
-                fields.append((_FIELD_POSITION, fix.position))
-                return message(b"E", build_fields(fields))
-        if not renamed:
+            fixed = _apply_syntax_fix(plan.syntax_fix, fields)
+            if fixed is not None:
+                return fixed
+        if shaped is None:
             return None
+        if t == _NOTICE:
+            text = dict(fields).get(_FIELD_MESSAGE, b"")
+            if text.startswith(AUDIT_MARKER):
+                shaped.counts = _parse_counts(text[len(AUDIT_MARKER) :])
+                return b""
+        elif self._on_outcome is not None:
+            self._on_outcome(shaped, b"", fields)
         # The rewritten statement runs as PL/pgSQL; a native command has no CONTEXT line.
         kept = [(code, value) for code, value in fields if code != _FIELD_CONTEXT]
         if len(kept) == len(fields):
             return None
         return message(bytes((t,)), build_fields(kept))
+
+
+def _apply_syntax_fix(fix: SyntaxFix, fields: list[tuple[int, bytes]]) -> bytes | None:
+    found = dict(fields)
+    if found.get(_FIELD_CODE) != b"42601" or found.get(_FIELD_POSITION) != fix.server_position:
+        return None
+    fixed = [
+        (code, fix.message if code == _FIELD_MESSAGE else value)
+        for code, value in fields
+        if code != _FIELD_POSITION
+    ]
+    fixed.append((_FIELD_POSITION, fix.position))
+    return message(b"E", build_fields(fixed))
+
+
+def _parse_counts(text: bytes) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in text.split():
+        name, _, value = item.partition(b"=")
+        if value.isdigit():
+            counts[name.decode()] = int(value)
+    return counts
