@@ -130,7 +130,10 @@ def pg(
         f"host all {role} 127.0.0.1/32 {method}" for role, (_, method) in AUTH_ROLES.items()
     )
     embedded = EmbeddedPostgres(
-        tmp_path_factory.mktemp(f"pg-{kind}"), bin_dir=bin_dir, hba_lines=hba
+        tmp_path_factory.mktemp(f"pg-{kind}"),
+        bin_dir=bin_dir,
+        hba_lines=hba,
+        settings={"max_prepared_transactions": "10"},
     )
     embedded.start()
     server = PgServer(kind, embedded.host, embedded.port, embedded.superuser, embedded=embedded)
