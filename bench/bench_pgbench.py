@@ -34,6 +34,7 @@ WORKLOADS: dict[str, list[str]] = {
 }
 LATENCY_WORKLOAD = ["-S", "-M", "prepared"]
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 
 
@@ -41,13 +42,14 @@ _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 class Sample:
     tps: float
     cpu: float | None  # CPU of the middlebox process, % of one core
+    cpu_us: float | None  # its CPU time per transaction, microseconds
 
 
 @dataclass
 class Results:
     runs: dict[tuple[str, str], list[Sample]] = field(default_factory=dict)
     latency: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
-    connect: dict[str, list[float]] = field(default_factory=dict)
+    connect: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 def pgbench_env() -> dict[str, str]:
@@ -83,9 +85,13 @@ def throughput(
     started = time.monotonic()
     out = run_pgbench(pgbench, target, args, extra)
     elapsed = time.monotonic() - started
-    cpu = None
+    cpu = cpu_us = None
+    processed = _PROCESSED.search(out)
     if cpu_before is not None and target.pid:
-        cpu = 100 * (cpu_seconds(target.pid) - cpu_before) / elapsed
+        used = cpu_seconds(target.pid) - cpu_before
+        cpu = 100 * used / elapsed
+        if processed and int(processed.group(1)):
+            cpu_us = 1e6 * used / int(processed.group(1))
     failed = _FAILED.search(out)
     if failed and int(failed.group(1)):
         print(
@@ -94,7 +100,7 @@ def throughput(
     match = _TPS.search(out)
     if match is None:
         raise RuntimeError(f"no tps line in pgbench output:\n{out}")
-    return Sample(float(match.group(1)), cpu)
+    return Sample(float(match.group(1)), cpu, cpu_us)
 
 
 def latency(
@@ -117,18 +123,20 @@ def latency(
     return pct(0.50), pct(0.99), pct(0.999)
 
 
-def connect_time(target: Target, args: argparse.Namespace) -> float:
-    """Mean ms of connect + ``select 1`` + close over ``args.connects`` sequential sessions."""
+def connect_time(target: Target, args: argparse.Namespace) -> tuple[float, float]:
+    """Mean and median ms of connect + ``select 1`` + close, ``args.connects`` in a row."""
     import psycopg
 
     dsn = target.dsn(args.dbname, args.user)
     with psycopg.connect(dsn) as conn:  # warm-up
         conn.execute("select 1")
-    started = time.perf_counter()
+    times = []
     for _ in range(args.connects):
+        started = time.perf_counter()
         with psycopg.connect(dsn) as conn:
             conn.execute("select 1").fetchone()
-    return 1000 * (time.perf_counter() - started) / args.connects
+        times.append(1000 * (time.perf_counter() - started))
+    return statistics.mean(times), statistics.median(times)
 
 
 def rotate(items: list[Target], n: int) -> list[Target]:
@@ -165,9 +173,13 @@ def measure(
                 file=sys.stderr,
             )
         for target in order:
-            ms = connect_time(target, args)
-            res.connect.setdefault(target.name, []).append(ms)
-            print(f"round {rnd + 1} connect   {target.name:<10} {ms:.3f} ms", file=sys.stderr)
+            mean, median = connect_time(target, args)
+            res.connect.setdefault(target.name, []).append((mean, median))
+            print(
+                f"round {rnd + 1} connect   {target.name:<10} mean {mean:.3f} ms "
+                f"median {median:.3f} ms",
+                file=sys.stderr,
+            )
     return res
 
 
@@ -186,18 +198,21 @@ def report(res: Results, names: list[str], args: argparse.Namespace) -> None:
     )
     header = (
         "| workload | direct TPS | pgbouncer TPS | proxy TPS | proxy/pgbouncer | proxy/direct "
-        "| pgbouncer CPU | proxy CPU |"
+        "| pgbouncer CPU | proxy CPU | pgbouncer CPU µs/tx | proxy CPU µs/tx |"
     )
     print(header)
     print("|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|")
     for workload in WORKLOADS:
         tps: dict[str, float | None] = {}
         cpu: dict[str, float | None] = {}
+        cpu_us: dict[str, float | None] = {}
         for name in ("direct", "pgbouncer", "proxy"):
             samples = res.runs.get((workload, name))
             tps[name] = med([s.tps for s in samples]) if samples else None
             cpus = [s.cpu for s in samples or [] if s.cpu is not None]
             cpu[name] = med(cpus) if cpus else None
+            per_tx = [s.cpu_us for s in samples or [] if s.cpu_us is not None]
+            cpu_us[name] = med(per_tx) if per_tx else None
 
         def cell(value: float | None, fmt: str) -> str:
             return format(value, fmt) if value is not None else "-"
@@ -207,23 +222,29 @@ def report(res: Results, names: list[str], args: argparse.Namespace) -> None:
             f"| {cell(tps['proxy'], '.0f')} | {fmt_ratio(tps['proxy'], tps['pgbouncer'])} "
             f"| {fmt_ratio(tps['proxy'], tps['direct'])} "
             f"| {cell(cpu['pgbouncer'], '.0f')}{'%' if cpu['pgbouncer'] is not None else ''} "
-            f"| {cell(cpu['proxy'], '.0f')}{'%' if cpu['proxy'] is not None else ''} |"
+            f"| {cell(cpu['proxy'], '.0f')}{'%' if cpu['proxy'] is not None else ''} "
+            f"| {cell(cpu_us['pgbouncer'], '.1f')} | {cell(cpu_us['proxy'], '.1f')} |"
         )
+    print(
+        "CPU: user+system time of the PgBouncer / proxy process during the run, as % of one "
+        "core and per processed transaction"
+    )
     print()
     print(
         f"1 client, select-only prepared, -T {args.duration}, per-transaction log (-l); "
         "median across rounds of each round's percentile"
     )
-    print("| target | p50 ms | p99 ms | p99.9 ms | connect ms |")
-    print("|---|---|---|---|---|")
+    print("| target | p50 ms | p99 ms | p99.9 ms | connect mean ms | connect median ms |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         lats = res.latency.get(name, [])
         p50, p99, p999 = (med([lat[i] for lat in lats]) for i in range(3))
-        conn = med(res.connect[name])
-        print(f"| {name} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {conn:.3f} |")
+        mean = med([c[0] for c in res.connect[name]])
+        median = med([c[1] for c in res.connect[name]])
+        print(f"| {name} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {mean:.3f} | {median:.3f} |")
     print()
     print(
-        f"connect ms: mean of {args.connects} sequential psycopg connect + select 1 + close "
+        f"connect: mean and median of {args.connects} sequential psycopg connect + select 1 + close "
         "(sslmode=disable), median across rounds"
     )
 
