@@ -41,7 +41,9 @@ def run(config: Config) -> None:
 
 async def _serve(config: Config, upstream: Address, embedded: EmbeddedPostgres | None) -> None:
     server = ProxyServer(
-        config, upstream, dialect=CleanConnectionDialect(config.clean_wait_timeout)
+        config,
+        upstream,
+        dialect=CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout),
     )
     bound = await server.start()
     server.install_signal_handlers()

@@ -31,10 +31,16 @@ from .streams import AUDIT_MARKER, Rewrite, ShapedStatement, SyntaxFix
 
 audit_log = logging.getLogger("pgdp.audit")
 
-CHECK_POLL_SECONDS = 5.0
-"""How long CHECK waits for other sessions to leave before it reports them (55006)."""
 
 _DOLLAR_TAG = "$pgdp_clean$"
+
+# Client backends. PostgreSQL hides backend_type (and state) of other roles' sessions from
+# a caller without their privileges or pg_read_all_stats; such a row with a role is
+# counted as a session (it can only be a client backend or one of its parallel workers),
+# so that CHECK is conservative and the skipped count is honest.
+_IS_SESSION = (
+    "(a.backend_type = 'client backend' OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))"
+)
 
 # The server-side program. Placeholders are filled with SQL produced by this module only
 # (hex literals, numbers, booleans, NULL): no client text ever reaches this template.
@@ -95,7 +101,7 @@ BEGIN
     LOOP
       PERFORM pg_catalog.pg_stat_clear_snapshot();
       SELECT pg_catalog.count(*) INTO v_sessions FROM pg_catalog.pg_stat_activity a
-       WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()
+       WHERE {is_session} AND a.pid <> pg_catalog.pg_backend_pid()
          AND (v_dbid IS NULL OR a.datid = v_dbid)
          AND (v_roleid IS NULL OR a.usesysid = v_roleid);
       SELECT pg_catalog.count(*) INTO v_prepared FROM pg_catalog.pg_prepared_xacts p
@@ -131,7 +137,7 @@ BEGIN
     SELECT a.pid, a.state, a.usesysid, t.rolsuper AS target_super
       FROM pg_catalog.pg_stat_activity a
       LEFT JOIN pg_catalog.pg_roles t ON t.oid = a.usesysid
-     WHERE a.backend_type = 'client backend' AND a.pid <> pg_catalog.pg_backend_pid()
+     WHERE {is_session} AND a.pid <> pg_catalog.pg_backend_pid()
        AND (v_dbid IS NULL OR a.datid = v_dbid)
        AND (v_roleid IS NULL OR a.usesysid = v_roleid)
   LOOP
@@ -185,7 +191,9 @@ def _text_literal(value: str | None, codec: str) -> str:
     return f"pg_catalog.convert_from(pg_catalog.decode('{value.encode(codec).hex()}', 'hex'), pg_catalog.pg_client_encoding())"
 
 
-def render_program(statement: CleanConnection, *, codec: str, wait_seconds: float) -> str:
+def render_program(
+    statement: CleanConnection, *, codec: str, wait_seconds: float, check_seconds: float
+) -> str:
     """The DO block implementing ``statement`` (ASCII only, no client text inside)."""
     nodes = "NULL"
     if statement.target != "all":
@@ -198,8 +206,9 @@ def render_program(statement: CleanConnection, *, codec: str, wait_seconds: floa
         check="true" if statement.check else "false",
         force="true" if statement.force else "false",
         wait=repr(float(wait_seconds)),
-        check_wait=repr(CHECK_POLL_SECONDS),
+        check_wait=repr(float(check_seconds)),
         marker=AUDIT_MARKER.decode(),
+        is_session=_IS_SESSION,
     )
 
 
@@ -215,8 +224,12 @@ def _decode(sql: bytes) -> tuple[str, str]:
         return sql.decode("latin-1"), "latin-1"
 
 
-def rewrite_query(sql: bytes, *, wait_seconds: float) -> Rewrite | None:
-    """The :class:`Rewrite` for a Query/Parse text, or None when it has no CLEAN statement."""
+def rewrite_query(sql: bytes, *, wait_seconds: float, check_seconds: float) -> Rewrite | None:
+    """The :class:`Rewrite` for a Query/Parse text, or None when it has no CLEAN statement.
+
+    ``wait_seconds`` bounds the wait for terminated sessions to exit; ``check_seconds``
+    how long CHECK waits for other sessions to leave before it reports them (55006).
+    """
     text, codec = _decode(sql)
     statements = split_statements(text)
     if statements is None:
@@ -232,11 +245,11 @@ def rewrite_query(sql: bytes, *, wait_seconds: float) -> Rewrite | None:
             position=str(first_error.position).encode(),
         )
         return Rewrite(sql, syntax_fix=fix)
-    return _rewrite_valid(text, codec, statements, wait_seconds)
+    return _rewrite_valid(text, codec, statements, wait_seconds, check_seconds)
 
 
 def _rewrite_valid(
-    text: str, codec: str, statements: list[Statement], wait_seconds: float
+    text: str, codec: str, statements: list[Statement], wait_seconds: float, check_seconds: float
 ) -> Rewrite:
     parts: list[str] = []
     renamed: list[tuple[int, str]] = []
@@ -248,7 +261,14 @@ def _rewrite_valid(
         if statement.clean is not None:
             original = text[statement.body_start : statement.body_end]
             parts.append(text[cursor : statement.body_start])
-            parts.append(render_program(statement.clean, codec=codec, wait_seconds=wait_seconds))
+            parts.append(
+                render_program(
+                    statement.clean,
+                    codec=codec,
+                    wait_seconds=wait_seconds,
+                    check_seconds=check_seconds,
+                )
+            )
             cursor = statement.body_end
             renamed.append((index, original))
         index += 1
@@ -259,18 +279,19 @@ def _rewrite_valid(
 class CleanConnectionDialect:
     """The openGauss CLEAN CONNECTION statement, for :class:`proxy.server.ProxyServer`."""
 
-    def __init__(self, wait_seconds: float) -> None:
+    def __init__(self, wait_seconds: float = 15.0, check_seconds: float = 5.0) -> None:
         self.wait_seconds = wait_seconds
+        self.check_seconds = check_seconds
 
     @staticmethod
     def might_rewrite(body: bytes) -> bool:
         return might_contain_clean(body)
 
     def attach(self, session: Session) -> None:
-        wait = self.wait_seconds
+        wait, check = self.wait_seconds, self.check_seconds
 
         def rewrite(sql: bytes) -> Rewrite | None:
-            return rewrite_query(sql, wait_seconds=wait)
+            return rewrite_query(sql, wait_seconds=wait, check_seconds=check)
 
         def on_outcome(
             shaped: ShapedStatement, tag: bytes, error: list[tuple[int, bytes]] | None

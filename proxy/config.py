@@ -91,6 +91,7 @@ class Config:
     connect_timeout: float = 10.0
     shutdown_timeout: float = 30.0
     clean_wait_timeout: float = 15.0
+    clean_check_timeout: float = 5.0
     log_level: str = "info"
 
 
@@ -145,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long CLEAN CONNECTION ... FORCE waits for sessions to exit [15]",
     )
     add(
+        "--clean-check-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long CLEAN CONNECTION ... CHECK waits for other sessions to leave [5]",
+    )
+    add(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="log verbosity [info]",
@@ -187,6 +194,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         ("connect_timeout", float),
         ("shutdown_timeout", float),
         ("clean_wait_timeout", float),
+        ("clean_check_timeout", float),
     ):
         raw = value(name)
         if raw is None:
