@@ -110,14 +110,7 @@ class EmbeddedPostgres:
         self.host = "127.0.0.1"
         self.superuser = superuser
         self.hba_lines = hba_lines
-        self.settings = {
-            "max_connections": "600",
-            "shared_buffers": "32MB",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            **(settings or {}),
-        }
+        self.settings = {"max_connections": "600", **(settings or {})}
         self._run_as = _service_account()
         self._started = False
 

@@ -133,7 +133,13 @@ def pg(
         tmp_path_factory.mktemp(f"pg-{kind}"),
         bin_dir=bin_dir,
         hba_lines=hba,
-        settings={"max_prepared_transactions": "10"},
+        # Durability is irrelevant for throw-away test clusters; speed is not.
+        settings={
+            "max_prepared_transactions": "10",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        },
     )
     embedded.start()
     server = PgServer(kind, embedded.host, embedded.port, embedded.superuser, embedded=embedded)
