@@ -253,6 +253,7 @@ def _rewrite_valid(
 ) -> Rewrite:
     parts: list[str] = []
     renamed: list[tuple[int, str]] = []
+    spans: list[tuple[int, int, int]] = []
     cursor = 0
     index = 0
     for statement in statements:
@@ -261,19 +262,19 @@ def _rewrite_valid(
         if statement.clean is not None:
             original = text[statement.body_start : statement.body_end]
             parts.append(text[cursor : statement.body_start])
-            parts.append(
-                render_program(
-                    statement.clean,
-                    codec=codec,
-                    wait_seconds=wait_seconds,
-                    check_seconds=check_seconds,
-                )
+            program = render_program(
+                statement.clean,
+                codec=codec,
+                wait_seconds=wait_seconds,
+                check_seconds=check_seconds,
             )
+            parts.append(program)
+            spans.append((statement.body_start, len(original), len(program)))
             cursor = statement.body_end
             renamed.append((index, original))
         index += 1
     parts.append(text[cursor:])
-    return Rewrite("".join(parts).encode(codec), renamed=tuple(renamed))
+    return Rewrite("".join(parts).encode(codec), renamed=tuple(renamed), spans=tuple(spans))
 
 
 class CleanConnectionDialect:

@@ -100,11 +100,15 @@ class Rewrite:
 
     ``sql`` replaces the text; ``renamed`` maps the indexes, among the non-empty statements
     of the text, whose completion becomes ``CLEAN CONNECTION`` to their original text.
+    ``spans`` lists, in order, each replaced piece as (start in the original text, its
+    length, the replacement's length), in characters: error positions the server reports
+    in the rewritten text are mapped back into the client's text with them.
     """
 
     sql: bytes
     renamed: tuple[tuple[int, str], ...] = ()
     syntax_fix: SyntaxFix | None = None
+    spans: tuple[tuple[int, int, int], ...] = ()
 
 
 Rewriter = Callable[[bytes], Rewrite | None]
@@ -128,6 +132,7 @@ class ReplyPlan:
     group: int
     renamed_slots: dict[int, ShapedStatement] = field(default_factory=dict)
     syntax_fix: SyntaxFix | None = None
+    spans: tuple[tuple[int, int, int], ...] = ()
 
 
 class ReplyPlans:
@@ -299,6 +304,7 @@ class FrontendStream:
         for index, text in rewrite.renamed:
             plan.renamed_slots[index] = ShapedStatement(text, now)
         plan.syntax_fix = rewrite.syntax_fix
+        plan.spans = rewrite.spans
         if rewrite.sql == sql:
             return None
         return message(b"Q", rewrite.sql + b"\0")
@@ -433,8 +439,12 @@ class BackendStream:
             fixed = _apply_syntax_fix(plan.syntax_fix, fields)
             if fixed is not None:
                 return fixed
+        # Positions the server counted in the rewritten text, mapped back to the client's.
+        mapped = _map_position(plan.spans, fields) if plan.spans else None
+        if mapped is not None:
+            fields = mapped
         if shaped is None:
-            return None
+            return None if mapped is None else message(bytes((t,)), build_fields(fields))
         if t == _NOTICE:
             text = dict(fields).get(_FIELD_MESSAGE, b"")
             if text.startswith(AUDIT_MARKER):
@@ -444,9 +454,33 @@ class BackendStream:
             self._on_outcome(shaped, b"", fields)
         # The rewritten statement runs as PL/pgSQL; a native command has no CONTEXT line.
         kept = [(code, value) for code, value in fields if code != _FIELD_CONTEXT]
-        if len(kept) == len(fields):
+        if len(kept) == len(fields) and mapped is None:
             return None
         return message(bytes((t,)), build_fields(kept))
+
+
+def _map_position(
+    spans: tuple[tuple[int, int, int], ...], fields: list[tuple[int, bytes]]
+) -> list[tuple[int, bytes]] | None:
+    """``fields`` with the position field mapped from the rewritten text to the client's
+    (see :attr:`Rewrite.spans`); None when there is nothing to change."""
+    at = next((i for i, (code, _) in enumerate(fields) if code == _FIELD_POSITION), None)
+    if at is None or not fields[at][1].isdigit():
+        return None
+    index = int(fields[at][1]) - 1  # 0-based character index in the rewritten text
+    mapped = index
+    delta = 0  # replacement length minus original length, over the spans passed so far
+    for start, original_length, new_length in spans:
+        if index < start + delta:
+            break
+        if index < start + delta + new_length:
+            mapped = start  # inside a replacement: point at its statement
+            break
+        delta += new_length - original_length
+        mapped = index - delta
+    if mapped == index:
+        return None
+    return [*fields[:at], (_FIELD_POSITION, str(mapped + 1).encode()), *fields[at + 1 :]]
 
 
 def _apply_syntax_fix(fix: SyntaxFix, fields: list[tuple[int, bytes]]) -> bytes | None:

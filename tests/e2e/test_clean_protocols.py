@@ -144,28 +144,21 @@ def test_invalid_clean_in_transaction_aborts_it(
         assert conn.execute("select array_agg(v) from t").fetchone() == ([3],)
 
 
-POSITIONS_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: error positions after a rewritten CLEAN count the DO program's text",
-)
-
-
-@POSITIONS_BUG
 def test_error_after_valid_clean_keeps_client_positions(
     pg: PgServer, proxy: ProxyProcess, victims: Victims, make_db: Callable[..., str]
 ) -> None:
     """Errors of other statements in a rewritten string point into the client's text."""
-    target = make_db()
+    target, other = make_db(), make_db()
     victims.open("idle", pg.dsn(target))
-    query = f"{clean(target)}; select * from no_such_table"
+    victims.open("other", pg.dsn(other))
+    query = f"select 'ünï'; {clean(target)}; {clean(other)};\nselect * from no_such_table"
     with proxy.connect() as conn:
         with pytest.raises(psycopg.errors.UndefinedTable) as info:
             conn.execute(query)
         assert info.value.diag.statement_position == str(query.index("no_such_table") + 1)
-    victims.assert_fate({"idle"})  # the CLEAN before it ran, as PostgreSQL would
+    victims.assert_fate({"idle", "other"})  # the CLEANs before it ran, as PostgreSQL would
 
 
-@POSITIONS_BUG
 def test_syntax_error_after_valid_clean_keeps_client_positions(
     pg: PgServer, proxy: ProxyProcess, victims: Victims, make_db: Callable[..., str]
 ) -> None:
