@@ -100,7 +100,7 @@ class ClientProtocol(asyncio.Protocol):
         if session is not None and session.phase is not Phase.CLOSED:
             session.phase = Phase.CLOSED
         if self._server is not None:
-            self._server.close()
+            self._server.client_gone()
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -272,6 +272,22 @@ class ServerProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def client_gone(self) -> None:
+        """The client's connection is lost: flush what it sent, then close.
+
+        Except when reading from the server is paused and bytes are still owed to it: the
+        server is then blocked writing to us and reads nothing until it can, so the flush
+        would never end and the backend would live on. Break the connection instead; its
+        next write fails, as it would had the client been connected to it directly.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() and not transport.is_reading():
+            transport.abort()
+        else:
+            transport.close()
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -3,9 +3,12 @@ the proxy's memory; and everything must flow again once it reads."""
 
 from __future__ import annotations
 
+import select
 import socket
+import struct
 
 import psycopg
+import pytest
 
 from tests.conftest import PgServer, ProxyProcess, backend_pids, wait_until
 from tests.rawpg import handshake, query_message, read_message
@@ -96,3 +99,51 @@ def test_slow_reader_gets_everything(proxy: ProxyProcess, admin: psycopg.Connect
         assert seen == rows
     finally:
         sock.close()
+
+
+def send_until_blocked(sock: socket.socket, chunk: bytes, limit: int = 400_000_000) -> int:
+    """Send ``chunk`` repeatedly until the peer has stopped reading: the socket stays
+    unwritable for a whole second. Returns the bytes sent."""
+    sock.setblocking(False)
+    sent = 0
+    view = memoryview(chunk)
+    offset = 0
+    while sent < limit:
+        try:
+            count = sock.send(view[offset:])
+        except BlockingIOError:
+            _, writable, _ = select.select([], [sock], [], 1.0)
+            if not writable:
+                return sent
+            continue
+        sent += count
+        offset = (offset + count) % len(chunk)
+    pytest.fail(f"the proxy kept reading: {sent} bytes")
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_client_blocked_both_ways_then_vanishes(
+    proxy: ProxyProcess, admin: psycopg.Connection, pg: PgServer, how: str
+) -> None:
+    """The server blocks writing a result the client does not read, the client blocks
+    writing queries the server does not read, then the client goes away: its backend must
+    go too (directly connected, the server's send would fail; through the proxy, the
+    proxy's buffered writes must not keep the server connection open)."""
+    app = f"blocked-both-{how}"
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.settimeout(10)
+    sock.connect((proxy.host, proxy.port))
+    try:
+        handshake(sock, pg.user, app)
+        sock.sendall(query_message(HUGE_QUERY))
+        server_blocked_on_client(admin, app, samples=3)
+        send_until_blocked(sock, query_message("select 1") * 100_000)
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
+    wait_until(lambda: not backend_pids(admin, app), 15, "the backend to go away")
+    with proxy.connect() as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
