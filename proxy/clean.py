@@ -212,25 +212,70 @@ def render_program(
     )
 
 
-def _decode(sql: bytes) -> tuple[str, str]:
+# PostgreSQL client encodings → Python codecs. Decoding with the session's real encoding
+# makes character positions match the server's count and keeps multibyte names intact.
+_CODECS = {
+    "UTF8": "utf-8",
+    "SQL_ASCII": "latin-1",  # bytes as they are: latin-1 maps each byte to one character
+    "LATIN1": "latin-1",
+    "LATIN2": "iso8859-2",
+    "LATIN3": "iso8859-3",
+    "LATIN4": "iso8859-4",
+    "LATIN5": "iso8859-9",
+    "LATIN6": "iso8859-10",
+    "LATIN7": "iso8859-13",
+    "LATIN8": "iso8859-14",
+    "LATIN9": "iso8859-15",
+    "LATIN10": "iso8859-16",
+    "ISO_8859_5": "iso8859-5",
+    "ISO_8859_6": "iso8859-6",
+    "ISO_8859_7": "iso8859-7",
+    "ISO_8859_8": "iso8859-8",
+    "KOI8R": "koi8-r",
+    "KOI8U": "koi8-u",
+    "WIN866": "cp866",
+    "WIN874": "cp874",
+    **{f"WIN{n}": f"cp{n}" for n in range(1250, 1259)},
+    "EUC_JP": "euc_jp",
+    "EUC_JIS_2004": "euc_jis_2004",
+    "EUC_KR": "euc_kr",
+    "EUC_CN": "gb2312",
+    "SJIS": "shift_jis",
+    "SHIFT_JIS_2004": "shift_jis_2004",
+    "BIG5": "big5",
+    "GBK": "gbk",
+    "GB18030": "gb18030",
+    "UHC": "cp949",
+    "JOHAB": "johab",
+}
+
+
+def _decode(sql: bytes, client_encoding: str) -> tuple[str, str]:
     """The query text and the codec that maps it back to the client's exact bytes.
 
-    UTF-8 is by far the common client encoding; anything else ASCII-compatible round-trips
-    byte for byte through latin-1 (the statement's keywords are ASCII either way).
+    Uses the session's client encoding; bytes that do not decode (or an encoding Python
+    lacks) fall back to latin-1, which round-trips any bytes (the keywords are ASCII).
     """
+    codec = _CODECS.get(client_encoding.upper(), "latin-1")
     try:
-        return sql.decode("utf-8"), "utf-8"
+        return sql.decode(codec), codec
     except UnicodeDecodeError:
         return sql.decode("latin-1"), "latin-1"
 
 
-def rewrite_query(sql: bytes, *, wait_seconds: float, check_seconds: float) -> Rewrite | None:
+def rewrite_query(
+    sql: bytes,
+    *,
+    wait_seconds: float,
+    check_seconds: float,
+    client_encoding: str = "UTF8",
+) -> Rewrite | None:
     """The :class:`Rewrite` for a Query/Parse text, or None when it has no CLEAN statement.
 
     ``wait_seconds`` bounds the wait for terminated sessions to exit; ``check_seconds``
     how long CHECK waits for other sessions to leave before it reports them (55006).
     """
-    text, codec = _decode(sql)
+    text, codec = _decode(sql, client_encoding)
     statements = split_statements(text)
     if statements is None:
         return None  # unscannable: the server reports its own error
@@ -292,7 +337,13 @@ class CleanConnectionDialect:
         wait, check = self.wait_seconds, self.check_seconds
 
         def rewrite(sql: bytes) -> Rewrite | None:
-            return rewrite_query(sql, wait_seconds=wait, check_seconds=check)
+            backend = session.backend
+            return rewrite_query(
+                sql,
+                wait_seconds=wait,
+                check_seconds=check,
+                client_encoding=backend.client_encoding if backend else "UTF8",
+            )
 
         def on_outcome(
             shaped: ShapedStatement, tag: bytes, error: list[tuple[int, bytes]] | None

@@ -50,15 +50,17 @@ _PORTAL_SUSPENDED = 0x73  # s
 _READY_FOR_QUERY = 0x5A  # Z
 _ERROR = 0x45  # E
 _NOTICE = 0x4E  # N
+_PARAMETER_STATUS = 0x53  # S
 
 CLEAN_CONNECTION_TAG = b"CLEAN CONNECTION"
 
 # Per-type class of backend messages, looked up by type byte: one index, one truth test for
-# the common DataRow. 1 = completion, 2 = ReadyForQuery.
+# the common DataRow. 1 = completion, 2 = ReadyForQuery, 3 = ParameterStatus.
 _BACKEND_KIND = bytearray(256)
 for _t in (_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED):
     _BACKEND_KIND[_t] = 1
 _BACKEND_KIND[_READY_FOR_QUERY] = 2
+_BACKEND_KIND[_PARAMETER_STATUS] = 3
 _BACKEND_KIND = bytes(_BACKEND_KIND)
 
 _FIELD_CODE = ord("C")
@@ -339,6 +341,7 @@ class BackendStream:
         self._completions = 0
         self._skip = 0  # bytes of the current message body still to pass through
         self._carry = b""  # a partial header, or a message held whole for shaping
+        self.client_encoding = "UTF8"  # as the server last reported it (ParameterStatus)
 
     def at_message_boundary(self) -> bool:
         """True when the bytes forwarded so far end exactly at a message boundary."""
@@ -365,25 +368,35 @@ class BackendStream:
         kinds = _BACKEND_KIND
         completions = self._completions
         while n - pos >= 5:
+            length = _unpack_int32(data, pos + 1)[0]
+            if length < 4:
+                raise ProtocolViolation(f"server sent invalid message length {length}")
             kind = kinds[data[pos]]
             if kind:
                 if kind == 1:
                     completions += 1
-                else:
+                elif kind == 2:
                     self.answering_group += 1
                     completions = 0
-            length = _unpack_int32(data, pos + 1)[0]
-            if length < 4:
-                raise ProtocolViolation(f"server sent invalid message length {length}")
+                elif pos + 1 + length <= n:
+                    self._parameter_status(data[pos + 5 : pos + 1 + length])
+                else:
+                    break  # hold a split ParameterStatus back until it is whole
             pos += 1 + length
         self._completions = completions
         if pos > n:
             self._skip = pos - n
         elif pos < n:
-            # A partial header: hold it back so the next read starts on a boundary.
+            # A partial header (or ParameterStatus): hold it back so the next read starts
+            # on a boundary.
             self._carry = data[pos:]
             return [data[:pos]] if pos else []
         return [data]
+
+    def _parameter_status(self, body: bytes) -> None:
+        name, value, _ = body.split(b"\0", 2)
+        if name == b"client_encoding":
+            self.client_encoding = value.decode("ascii", "replace")
 
     def _walk_shaping(self, data: bytes, pos: int) -> list[bytes]:
         out: list[bytes] = []
@@ -409,6 +422,10 @@ class BackendStream:
             kind = _BACKEND_KIND[t]
             if kind == 1:
                 self._completions += 1
+            elif kind == 3:
+                if end > n:
+                    break
+                self._parameter_status(data[pos + 5 : end])
             elif kind == 2:
                 self.answering_group += 1
                 self._completions = 0

@@ -568,13 +568,7 @@ def test_latin1_client_encoding_names(
     "prefix",
     [
         "select 'ü'; ",
-        pytest.param(
-            "select 'Ã¼'; ",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="proxy bug: LATIN1 text that is also valid UTF-8 is counted as UTF-8",
-            ),
-        ),
+        "select 'Ã¼'; ",
     ],
 )
 def test_latin1_syntax_error_position(prefix: str, proxy: ProxyProcess) -> None:

@@ -477,3 +477,34 @@ def test_audit_log_line(cproxy: ProxyProcess, victims: Victims, make_db, pg: PgS
     assert "result=ok terminated=1 skipped=0 remaining=0" in line
     assert "statement='CLEAN CONNECTION TO ALL FORCE FOR DATABASE" in line
     assert "pw" not in line.split("statement=")[0]
+
+
+@pytest.mark.parametrize("encoding", ["SJIS", "BIG5", "LATIN1"])
+def test_names_in_the_sessions_client_encoding(
+    cproxy: ProxyProcess, victims: Victims, make_db, pg: PgServer, encoding: str
+) -> None:
+    """Multibyte encodings whose trail bytes look like ASCII (表 is 0x95 0x5C in SJIS: a
+    backslash) are decoded with the session's client_encoding, never misread."""
+    name = {"SJIS": "表示db", "BIG5": "許功蓋", "LATIN1": "Ünïcödé"}[encoding]
+    db = make_db(name)
+    bystander = make_db()
+    victims.open("target", pg.dsn(db))
+    victims.open("bystander", pg.dsn(bystander))
+    with psycopg.connect(cproxy.dsn(), autocommit=True) as conn:
+        conn.execute(f"set client_encoding to '{encoding}'")
+        statement = f'select 1; CLEAN CONNECTION TO ALL FORCE FOR DATABASE "{name}"'
+        cur = conn.execute(statement)
+        assert (
+            cur.statusmessage == "SELECT 1"
+            and cur.nextset()
+            and cur.statusmessage == "CLEAN CONNECTION"
+        )
+        with pytest.raises(psycopg.errors.SyntaxError) as info:
+            conn.execute(
+                f"select '{name}'; CLEAN CONNECTION TO ALL FORCE CHECK FOR DATABASE \"{name}\""
+            )
+        assert info.value.diag.message_primary == 'syntax error at or near "CHECK"'
+        assert info.value.diag.statement_position == str(
+            len(f"select '{name}'; CLEAN CONNECTION TO ALL FORCE ") + 1
+        )
+    victims.assert_fate({"target"})
