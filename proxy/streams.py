@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -138,10 +137,16 @@ class ReplyPlan:
 
 
 class ReplyPlans:
-    """Plans shared by the two streams of one session, ordered by group."""
+    """Plans shared by the two streams of one session, ordered by group.
+
+    A plain list: plans are rare and short-lived, and an empty deque costs ~700 bytes
+    per idle session.
+    """
+
+    __slots__ = ("queue",)
 
     def __init__(self) -> None:
-        self.queue: deque[ReplyPlan] = deque()
+        self.queue: list[ReplyPlan] = []
 
     def for_group(self, group: int) -> ReplyPlan:
         if self.queue and self.queue[-1].group == group:
@@ -158,6 +163,21 @@ class ReplyPlans:
 
 class FrontendStream:
     """Client → server framing for the ready phase (and the authentication exchange)."""
+
+    __slots__ = (
+        "_executes",
+        "_executes_before_sync",
+        "_max",
+        "_might_rewrite",
+        "_pending",
+        "_plans",
+        "_portals",
+        "_rewrite",
+        "_statements",
+        "_stream_left",
+        "_syncs_since_execute",
+        "groups_sent",
+    )
 
     def __init__(
         self,
@@ -332,6 +352,16 @@ class FrontendStream:
 class BackendStream:
     """Server → client: walks headers, counts groups, shapes planned replies."""
 
+    __slots__ = (
+        "_carry",
+        "_completions",
+        "_on_outcome",
+        "_plans",
+        "_skip",
+        "answering_group",
+        "client_encoding",
+    )
+
     def __init__(self, plans: ReplyPlans, on_outcome: OutcomeListener | None = None) -> None:
         self._plans = plans
         self._on_outcome = on_outcome
@@ -430,7 +460,7 @@ class BackendStream:
                 self.answering_group += 1
                 self._completions = 0
                 while queue and queue[0].group < self.answering_group:
-                    queue.popleft()
+                    queue.pop(0)
             if end > n:
                 self._skip = end - n
                 pos = n

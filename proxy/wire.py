@@ -77,6 +77,8 @@ class StartupParser:
     :class:`ProtocolViolation` for lengths outside PostgreSQL's bounds or unknown codes.
     """
 
+    __slots__ = ("_buffer",)
+
     def __init__(self) -> None:
         self._buffer = b""
 
