@@ -154,7 +154,7 @@ def test_pgbench(proxy: ProxyProcess, pg: PgServer, pgbench_tables: None) -> Non
         return result.stdout
 
     pgbench("-i", "-s", "1", "-q")
-    for mode in ("simple", "extended", "prepared"):
+    for mode in ("extended", "prepared"):
         output = pgbench("-T", "2", "-c", "4", "-M", mode, "-n")
         assert f"query mode: {mode}" in output
         assert "number of failed transactions: 0" in output or "failed" not in output
