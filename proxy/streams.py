@@ -170,6 +170,7 @@ class FrontendStream:
         "_max",
         "_might_rewrite",
         "_pending",
+        "_pending_need",
         "_plans",
         "_portals",
         "_rewrite",
@@ -191,7 +192,11 @@ class FrontendStream:
         self._max = max_message_size
         self._might_rewrite = might_rewrite
         self._rewrite = rewrite
-        self._pending = b""  # a partial header, or a Query/Parse/tracked message not yet whole
+        # A partial header, or a Query/Parse/tracked message not yet whole, and how many
+        # bytes it must reach before parsing is worth retrying (appending is amortised O(1):
+        # a 100 MB query in 256 kB reads must not be re-copied on every read).
+        self._pending = bytearray()
+        self._pending_need = 0
         self._stream_left = 0  # bytes of a streamed message still to pass through
         # Response-group accounting (see module docstring).
         self.groups_sent = 0
@@ -218,8 +223,11 @@ class FrontendStream:
             data = data[left:]
             self._stream_left = 0
         if self._pending:
-            data = self._pending + data
-            self._pending = b""
+            self._pending += data
+            if len(self._pending) < self._pending_need:
+                return out
+            data = bytes(self._pending)
+            self._pending = bytearray()
         n = len(data)
         pos = run_start = 0
         while n - pos >= 5:
@@ -259,7 +267,8 @@ class FrontendStream:
         if pos > run_start:
             out.append(data[run_start:pos])
         if pos < n:
-            self._pending = data[pos:]
+            self._pending = bytearray(data[pos:])
+            self._pending_need = end - pos if n - pos >= 5 else 5
         return out
 
     # --- accounting ------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from tests.conftest import PgServer, ProxyProcess
+from tests.conftest import PgServer, ProxyProcess, wait_until
 from tests.rawpg import error_fields, query_message, read_message, read_until_ready
 
 PROTOCOL_3_2 = (3 << 16) | 2
@@ -69,6 +69,14 @@ def test_cancel_request_with_the_servers_key_length(pg: PgServer, proxy: ProxyPr
         body = next(body for kind, body in messages if kind == b"K")
         pid, key = struct.unpack_from("!I", body)[0], body[4:]
         sock.sendall(query_message("select pg_sleep(30)"))
+        # A cancel that arrives before the query starts is (rightly) ignored: wait for it.
+        wait_until(
+            lambda: pg.query(
+                "select 1 from pg_stat_activity where pid = %s and state = 'active'", (pid,)
+            ),
+            10,
+            "the query to start",
+        )
         with socket.create_connection((proxy.host, proxy.port), timeout=10) as canceller:
             packet = struct.pack("!III", 12 + len(key), CANCEL_REQUEST_CODE, pid) + key
             canceller.sendall(packet)
