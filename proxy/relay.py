@@ -39,12 +39,16 @@ class ClientProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_config",
+        "_feed",
         "_on_close",
         "_rest",
         "_server",
+        "_server_write",
+        "_server_writelines",
         "_session_factory",
         "_transport",
         "_upstream",
+        "bytes_in",
         "session",
     )
 
@@ -63,6 +67,11 @@ class ClientProtocol(asyncio.Protocol):
         self._server: ServerProtocol | None = None
         self._rest = b""
         self.session: Session | None = None
+        self.bytes_in = 0  # bytes received from the client
+        # Set when the relay starts: the frontend's feed and the server socket's writers.
+        self._feed: Callable[[bytes], list[bytes]] | None = None
+        self._server_write: Callable[[bytes], None] | None = None
+        self._server_writelines: Callable[[list[bytes]], None] | None = None
 
     # --- asyncio callbacks -----------------------------------------------------------
 
@@ -72,22 +81,24 @@ class ClientProtocol(asyncio.Protocol):
         self.session = self._session_factory(_peer(transport))
 
     def data_received(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None
-        session.bytes_from_client += len(data)
-        if session.phase is Phase.RELAY:
+        # Hot path: bound methods cached when the relay started, no attribute chains.
+        feed = self._feed
+        if feed is not None:
+            self.bytes_in += len(data)
             try:
-                chunks = session.frontend.feed(data)  # type: ignore[union-attr]
+                chunks = feed(data)
             except ProtocolViolation as exc:
                 self._protocol_violation(exc)
                 return
-            server = self._server
-            assert server is not None
             if len(chunks) == 1:
-                server.transport.write(chunks[0])
+                self._server_write(chunks[0])
             elif chunks:
-                server.transport.writelines(chunks)
-        elif session.phase is Phase.STARTUP:
+                self._server_writelines(chunks)
+            return
+        session = self.session
+        assert session is not None
+        self.bytes_in += len(data)
+        if session.phase is Phase.STARTUP:
             self._startup_data(data)
         elif session.phase is Phase.CONNECTING:
             self._rest += data
@@ -163,10 +174,14 @@ class ClientProtocol(asyncio.Protocol):
                 self._transport.close()
             return
         if self._transport.is_closing():
-            transport.close()
+            transport.abort()
             return
         self._server = server
         session.phase = Phase.RELAY
+        self._feed = session.frontend.feed  # type: ignore[union-attr]
+        self._server_write = transport.write
+        self._server_writelines = transport.writelines
+        server.start_relay(session, self.transport)
         log.info(
             "%s opened app=%s upstream=%s",
             session.describe(),
@@ -177,10 +192,15 @@ class ClientProtocol(asyncio.Protocol):
         rest, self._rest = self._rest, b""
         if rest:
             self.data_received(rest)
-            session.bytes_from_client -= len(rest)
+            self.bytes_in -= len(rest)  # already counted during startup
         self._transport.resume_reading()
 
     # --- helpers used by the server side ---------------------------------------------
+
+    @property
+    def server_bytes_in(self) -> int:
+        """Bytes received from the server for this client so far."""
+        return self._server.bytes_in if self._server is not None else 0
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -220,33 +240,40 @@ class ClientProtocol(asyncio.Protocol):
 class ServerProtocol(asyncio.Protocol):
     """The upstream server's socket of one session."""
 
-    __slots__ = ("_client", "transport")
+    __slots__ = ("_client", "_client_write", "_client_writelines", "_feed", "bytes_in", "transport")
 
     def __init__(self, client: ClientProtocol) -> None:
         self._client = client
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.bytes_in = 0  # bytes received from the server
+        self._feed: Callable[[bytes], list[bytes]] | None = None
+        self._client_write: Callable[[bytes], None] | None = None
+        self._client_writelines: Callable[[list[bytes]], None] | None = None
+
+    def start_relay(self, session: Session, client_transport: asyncio.Transport) -> None:
+        """Cache the hot-path callables: the backend stream and the client's writers."""
+        self._feed = session.backend.feed  # type: ignore[union-attr]
+        self._client_write = client_transport.write
+        self._client_writelines = client_transport.writelines
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
 
     def data_received(self, data: bytes) -> None:
-        client = self._client
-        session = client.session
-        assert session is not None
-        session.bytes_from_server += len(data)
+        self.bytes_in += len(data)
         try:
-            chunks = session.backend.feed(data)  # type: ignore[union-attr]
+            chunks = self._feed(data)  # type: ignore[misc]
         except ProtocolViolation as exc:
-            log.error("%s server protocol violation: %s", session.describe(), exc)
+            client = self._client
+            log.error("%s server protocol violation: %s", client.session.describe(), exc)  # type: ignore[union-attr]
             self.abort()
             client.abort()
             return
-        transport = client.transport
         if len(chunks) == 1:
-            transport.write(chunks[0])
+            self._client_write(chunks[0])  # type: ignore[misc]
         elif chunks:
-            transport.writelines(chunks)
+            self._client_writelines(chunks)  # type: ignore[misc]
 
     def eof_received(self) -> bool:
         return False

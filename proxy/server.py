@@ -96,8 +96,8 @@ class ProxyServer:
                 "%s closed duration=%.3fs bytes_in=%d bytes_out=%d",
                 session.describe(),
                 session.duration(),
-                session.bytes_from_client,
-                session.bytes_from_server,
+                client.bytes_in,
+                client.server_bytes_in,
             )
         if not self.clients:
             self._all_closed.set()

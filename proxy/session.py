@@ -61,8 +61,6 @@ class Session:
     database: str = ""
     application_name: str = ""
     started: float = field(default_factory=time.monotonic)
-    bytes_from_client: int = 0
-    bytes_from_server: int = 0
     startup: StartupParser = field(default_factory=StartupParser)
     frontend: FrontendStream | None = None
     backend: BackendStream | None = None

@@ -177,6 +177,7 @@ class FrontendStream:
         "_statements",
         "_stream_left",
         "_syncs_since_execute",
+        "_tracking",
         "groups_sent",
     )
 
@@ -203,13 +204,10 @@ class FrontendStream:
         self._executes = 0
         self._syncs_since_execute = 0
         self._executes_before_sync = 0
-        # Prepared statements / portals whose executions are shaped.
+        # Prepared statements / portals whose executions are shaped, and whether any exist.
         self._statements: dict[bytes, str] = {}
         self._portals: dict[bytes, str] = {}
-
-    @property
-    def _tracking(self) -> bool:
-        return bool(self._statements or self._portals)
+        self._tracking = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """The chunks to send to the server for ``data`` received from the client."""
@@ -230,34 +228,39 @@ class FrontendStream:
             self._pending = bytearray()
         n = len(data)
         pos = run_start = 0
+        max_size = self._max
+        tracking = self._tracking
+        # Hot loop: type bytes are literals (LOAD_CONST) rather than module globals.
         while n - pos >= 5:
             t = data[pos]
             length = _unpack_int32(data, pos + 1)[0]
-            if length < 4 or length > self._max:
+            if length < 4 or length > max_size:
                 raise ProtocolViolation(f"invalid message length {length}")
             end = pos + 1 + length
-            if (
-                t == _QUERY
-                or t == _PARSE
-                or ((t == _BIND or t == _EXECUTE or t == _CLOSE) and self._tracking)
-            ):
+            # Query, Parse; Bind, Execute, Close only while rewritten statements exist.
+            if t == 0x51 or t == 0x50 or (tracking and (t == 0x42 or t == 0x45 or t == 0x43)):
                 if end > n:
                     break
                 replacement = self._inspect(t, data, pos + 5, end)
+                tracking = self._tracking
                 if replacement is not None:
                     if pos > run_start:
                         out.append(data[run_start:pos])
                     out.append(replacement)
                     run_start = end
             else:
-                if t == _SYNC:
-                    self._on_sync()
-                elif t == _EXECUTE:
+                if t == 0x53:  # Sync
+                    if self._syncs_since_execute == 0:
+                        self._executes_before_sync = self._executes
+                    self._syncs_since_execute += 1
+                    self.groups_sent += 1
+                    self._executes = 0
+                elif t == 0x45:  # Execute
                     self._executes += 1
                     self._syncs_since_execute = 0
-                elif t == _FUNCTION_CALL:
+                elif t == 0x46:  # FunctionCall
                     self.groups_sent += 1
-                elif t == _COPY_DONE or t == _COPY_FAIL:
+                elif t == 0x63 or t == 0x66:  # CopyDone, CopyFail
                     self._on_copy_end()
                 if end > n:
                     self._stream_left = end - n
@@ -272,13 +275,6 @@ class FrontendStream:
         return out
 
     # --- accounting ------------------------------------------------------------------
-
-    def _on_sync(self) -> None:
-        if self._syncs_since_execute == 0:
-            self._executes_before_sync = self._executes
-        self._syncs_since_execute += 1
-        self.groups_sent += 1
-        self._executes = 0
 
     def _on_copy_end(self) -> None:
         # The server ignores Sync (and Flush) while in COPY IN mode; libpq sends one right
@@ -321,6 +317,7 @@ class FrontendStream:
         else:  # Close
             name, _ = cstring_at(body, 1)
             (self._statements if body[:1] == b"S" else self._portals).pop(name, None)
+        self._tracking = bool(self._statements or self._portals)
         return None
 
     def _inspect_query(self, data: bytes, start: int, end: int, group: int) -> bytes | None:
@@ -342,20 +339,25 @@ class FrontendStream:
 
     def _inspect_parse(self, data: bytes, start: int, end: int) -> bytes | None:
         body = data[start:end]
-        name, sql_start = cstring_at(body, 0)
         if self._rewrite is None or not self._might_rewrite(body):
-            if self._statements:
-                self._statements.pop(name, None)
+            if self._statements:  # a redefined name is no longer a rewritten statement
+                self._forget_statement(cstring_at(body, 0)[0])
             return None
+        name, sql_start = cstring_at(body, 0)
         sql, params_start = cstring_at(body, sql_start)
         rewrite = self._rewrite(sql)
         if rewrite is None or not rewrite.renamed:
-            self._statements.pop(name, None)
+            self._forget_statement(name)
             if rewrite is not None and rewrite.syntax_fix is not None:
                 self._plans.for_group(self.groups_sent).syntax_fix = rewrite.syntax_fix
             return None
         self._statements[name] = rewrite.renamed[0][1]
+        self._tracking = True
         return message(b"P", name + b"\0" + rewrite.sql + b"\0" + body[params_start:])
+
+    def _forget_statement(self, name: bytes) -> None:
+        self._statements.pop(name, None)
+        self._tracking = bool(self._statements or self._portals)
 
 
 class BackendStream:
