@@ -13,8 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# README.md* : the project's readme when present (pyproject.toml refers to it).
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 COPY grammar ./grammar
 RUN pip install . \
