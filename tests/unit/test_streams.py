@@ -699,3 +699,28 @@ def test_copy_fail_voids_sync_too() -> None:
     assert frontend.groups_sent == 0
     frontend.feed(SYNC)
     assert frontend.groups_sent == 1
+
+
+def parameter_status(name: bytes, value: bytes) -> bytes:
+    return message(b"S", name + b"\0" + value + b"\0")
+
+
+@pytest.mark.parametrize("mode", ["whole", "bytewise", "random-small"])
+@pytest.mark.parametrize("shaping", [False, True])
+def test_backend_tracks_client_encoding_from_parameter_status(mode: str, shaping: bool) -> None:
+    """The rewriter decodes texts in the session's client_encoding, which the server
+    reports in ParameterStatus at startup and after every SET; the bytes pass unchanged."""
+    traffic = (
+        parameter_status(b"client_encoding", b"UTF8")
+        + parameter_status(b"TimeZone", b"UTC")
+        + ready()
+        + parameter_status(b"client_encoding", b"SJIS")
+        + command_complete(b"SET")
+        + ready()
+    )
+    plans = ReplyPlans()
+    if shaping:
+        plans.for_group(5)  # an outstanding plan switches the backend to its shaping walk
+    stream = BackendStream(plans)
+    assert feed(stream, split_modes(traffic)[mode]) == traffic
+    assert stream.client_encoding == "SJIS"
