@@ -230,10 +230,11 @@ class FrontendStream:
         pos = run_start = 0
         max_size = self._max
         tracking = self._tracking
+        unpack = _unpack_int32
         # Hot loop: type bytes are literals (LOAD_CONST) rather than module globals.
         while n - pos >= 5:
             t = data[pos]
-            length = _unpack_int32(data, pos + 1)[0]
+            length = unpack(data, pos + 1)[0]
             if length < 4 or length > max_size:
                 raise ProtocolViolation(f"invalid message length {length}")
             end = pos + 1 + length
@@ -390,26 +391,24 @@ class BackendStream:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The chunks to send to the client for ``data`` received from the server."""
-        skip = self._skip
-        if skip:
-            if len(data) <= skip:
-                self._skip = skip - len(data)
+        pos = self._skip
+        if pos:
+            if len(data) <= pos:
+                self._skip = pos - len(data)
                 return [data]
             self._skip = 0
         if self._carry:
             data = self._carry + data
             self._carry = b""
-        if not self._plans.queue:
-            return self._walk(data, skip)
-        return self._walk_shaping(data, skip)
-
-    def _walk(self, data: bytes, pos: int) -> list[bytes]:
-        """Nothing to shape: count groups and forward ``data`` as it is."""
+        if self._plans.queue:
+            return self._walk_shaping(data, pos)
+        # Nothing to shape: count groups and forward ``data`` as it is (the hot path).
         n = len(data)
         kinds = _BACKEND_KIND
+        unpack = _unpack_int32
         completions = self._completions
         while n - pos >= 5:
-            length = _unpack_int32(data, pos + 1)[0]
+            length = unpack(data, pos + 1)[0]
             if length < 4:
                 raise ProtocolViolation(f"server sent invalid message length {length}")
             kind = kinds[data[pos]]
