@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run(config)
+    except ConfigError as exc:  # found while starting, e.g. an unreadable certificate
+        print(f"pg-dialect-proxy: {exc}", file=sys.stderr)
+        return 2
     except (ListenError, EmbeddedPostgresError) as exc:
         print(f"pg-dialect-proxy: {exc}", file=sys.stderr)
         return 1

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 
 from .clean import CleanConnectionDialect
 from .config import Address, Config
 from .embedded import EmbeddedPostgres
 from .server import ProxyServer
+from .tls import client_tls_context
 
 log = logging.getLogger("pgdp")
 
@@ -24,6 +26,7 @@ def _event_loop_factory():  # type: ignore[no-untyped-def]
 
 def run(config: Config) -> None:
     """Run the proxy until SIGTERM/SIGINT; start and stop the embedded server if needed."""
+    tls = client_tls_context(config)  # fail on a bad certificate before starting anything
     embedded: EmbeddedPostgres | None = None
     upstream = config.upstream
     if upstream is None:
@@ -33,17 +36,23 @@ def run(config: Config) -> None:
         upstream = Address(host=embedded.host, port=embedded.port)
     try:
         with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
-            runner.run(_serve(config, upstream, embedded))
+            runner.run(_serve(config, upstream, embedded, tls))
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-async def _serve(config: Config, upstream: Address, embedded: EmbeddedPostgres | None) -> None:
+async def _serve(
+    config: Config,
+    upstream: Address,
+    embedded: EmbeddedPostgres | None,
+    tls: ssl.SSLContext | None,
+) -> None:
     server = ProxyServer(
         config,
         upstream,
         dialect=CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout),
+        tls=tls,
     )
     bound = await server.start()
     server.install_signal_handlers()

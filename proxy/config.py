@@ -93,6 +93,8 @@ class Config:
     clean_wait_timeout: float = 15.0
     clean_check_timeout: float = 5.0
     log_level: str = "info"
+    tls_cert: Path | None = None  # with tls_key: accept TLS from clients (SSLRequest → 'S')
+    tls_key: Path | None = None
 
 
 def default_data_dir() -> Path:
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long CLEAN CONNECTION ... CHECK waits for other sessions to leave [5]",
     )
+    add("--tls-cert", metavar="FILE", help="PEM certificate (chain) to accept TLS from clients")
+    add("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     add(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -211,11 +215,16 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     log_level = str(value("log_level") or "info").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigError(f"log-level: unknown level {log_level!r}")
+    tls_cert, tls_key = value("tls_cert"), value("tls_key")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("tls-cert and tls-key: give both or neither")
     return Config(
         listen=listen,
         upstream=upstream,
         data_dir=data_dir,
         log_level=log_level,
+        tls_cert=Path(str(tls_cert)) if tls_cert else None,
+        tls_key=Path(str(tls_key)) if tls_key else None,
         **options,  # type: ignore[arg-type]
     )
 

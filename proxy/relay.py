@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 
 from .config import Address, Config
-from .session import ENCRYPTION_REFUSED, Phase, Session, StartupAction
+from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
 from .upstream import UpstreamError, connect_upstream, forward_cancel
 from .wire import ProtocolViolation, StartupPacket, error_response
 
@@ -46,6 +47,7 @@ class ClientProtocol(asyncio.Protocol):
         "_server_write",
         "_server_writelines",
         "_session_factory",
+        "_tls",
         "_transport",
         "_upstream",
         "bytes_in",
@@ -58,8 +60,10 @@ class ClientProtocol(asyncio.Protocol):
         upstream: Address,
         session_factory: Callable[[str], Session],
         on_close: Callable[[ClientProtocol], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._config = config
+        self._tls = tls
         self._upstream = upstream
         self._session_factory = session_factory
         self._on_close = on_close
@@ -79,6 +83,7 @@ class ClientProtocol(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.session = self._session_factory(_peer(transport))
+        self.session.tls_available = self._tls is not None
 
     def data_received(self, data: bytes) -> None:
         # Hot path: bound methods cached when the relay started, no attribute chains.
@@ -136,10 +141,25 @@ class ClientProtocol(asyncio.Protocol):
             if result is None:
                 return
             packet, data = result
-            action = session.on_startup_packet(packet)
+            try:
+                action = session.on_startup_packet(packet)
+            except ProtocolViolation as exc:
+                self._protocol_violation(exc)
+                return
             if action is StartupAction.REFUSE_ENCRYPTION:
                 self._transport.write(ENCRYPTION_REFUSED)
                 continue
+            if action is StartupAction.ACCEPT_TLS:
+                if data:
+                    # Plaintext sent before the handshake could be injected by a
+                    # man in the middle (CVE-2021-23214): refuse, as PostgreSQL does.
+                    self._protocol_violation(
+                        ProtocolViolation("received unencrypted data after SSL request")
+                    )
+                    return
+                self._transport.write(TLS_ACCEPTED)
+                asyncio.get_running_loop().create_task(self._start_tls())
+                return
             if action is StartupAction.FORWARD_CANCEL:
                 asyncio.get_running_loop().create_task(self._forward_cancel(packet))
                 return
@@ -147,6 +167,28 @@ class ClientProtocol(asyncio.Protocol):
             self._transport.pause_reading()
             asyncio.get_running_loop().create_task(self._connect(packet))
             return
+
+    async def _start_tls(self) -> None:
+        """The server side of the TLS handshake; startup continues on the TLS transport."""
+        session = self.session
+        assert session is not None and self._transport is not None and self._tls is not None
+        try:
+            transport = await asyncio.get_running_loop().start_tls(
+                self._transport,
+                self,
+                self._tls,
+                server_side=True,
+                ssl_handshake_timeout=self._config.connect_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.warning("%s TLS handshake failed: %s", session.describe(), exc)
+            self._transport.abort()
+            return
+        if transport is None:  # the connection closed during the handshake
+            return
+        self._transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        session.tls_active = True
 
     async def _forward_cancel(self, packet: StartupPacket) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from typing import Protocol
 
 from .config import Address, Config
@@ -32,7 +33,8 @@ class ProxyServer:
     """Accepts clients on ``config.listen`` and relays each one to ``upstream``.
 
     ``dialect`` supplies the hooks applied to Query/Parse texts (see :mod:`proxy.streams`);
-    without one the proxy is a transparent relay.
+    without one the proxy is a transparent relay. ``tls`` is the context clients' TLS is
+    accepted with (SSLRequest answered ``S``); without one SSLRequest is answered ``N``.
     """
 
     def __init__(
@@ -41,8 +43,10 @@ class ProxyServer:
         upstream: Address,
         *,
         dialect: Dialect | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
+        self._tls = tls
         self.upstream = upstream
         self._dialect = dialect
         self.clients: set[ClientProtocol] = set()
@@ -73,7 +77,9 @@ class ProxyServer:
         return bound
 
     def _new_client(self) -> ClientProtocol:
-        client = ClientProtocol(self.config, self.upstream, self._new_session, self._client_closed)
+        client = ClientProtocol(
+            self.config, self.upstream, self._new_session, self._client_closed, self._tls
+        )
         self.clients.add(client)
         self._all_closed.clear()
         return client

@@ -1,8 +1,8 @@
 """Per-client session state and the startup-phase decisions, without I/O.
 
-A session moves STARTUP → CONNECTING → RELAY → CLOSED. In STARTUP the client may send any
-number of SSLRequest/GSSENCRequest packets (each refused with ``N`` until TLS is
-configured), then either a CancelRequest (forwarded to the server on a fresh connection,
+A session moves STARTUP → CONNECTING → RELAY → CLOSED. In STARTUP the client may send an
+SSLRequest (accepted with ``S`` and a TLS handshake when the proxy has a certificate,
+else refused with ``N``) and GSSENCRequests (refused), then either a CancelRequest (forwarded to the server on a fresh connection,
 the client connection closed) or a StartupMessage (the upstream connection is opened and the
 packet forwarded verbatim). From then on the two :mod:`proxy.streams` carry the traffic;
 authentication is the server's business and passes through untouched.
@@ -23,7 +23,7 @@ from .streams import (
     ReplyPlans,
     Rewriter,
 )
-from .wire import StartupKind, StartupPacket, StartupParser
+from .wire import ProtocolViolation, StartupKind, StartupPacket, StartupParser
 
 _connection_ids = itertools.count(1)
 
@@ -39,11 +39,13 @@ class StartupAction(Enum):
     """What the I/O layer must do with a complete startup packet."""
 
     REFUSE_ENCRYPTION = auto()  # answer b"N" and keep reading startup packets
+    ACCEPT_TLS = auto()  # answer b"S", run the TLS handshake, keep reading startup packets
     FORWARD_CANCEL = auto()  # send the packet to the server on a new connection, then close
     CONNECT = auto()  # open the upstream connection and forward the packet
 
 
 ENCRYPTION_REFUSED = b"N"
+TLS_ACCEPTED = b"S"
 
 
 @dataclass(slots=True)
@@ -57,6 +59,8 @@ class Session:
     on_outcome: OutcomeListener | None = None
     connection_id: int = field(default_factory=lambda: next(_connection_ids))
     phase: Phase = Phase.STARTUP
+    tls_available: bool = False  # the proxy has a certificate for clients
+    tls_active: bool = False  # this client's connection is encrypted
     user: str = ""
     database: str = ""
     application_name: str = ""
@@ -67,7 +71,13 @@ class Session:
 
     def on_startup_packet(self, packet: StartupPacket) -> StartupAction:
         """Decide what a complete startup packet means; prepare the streams for CONNECT."""
-        if packet.kind in (StartupKind.SSL_REQUEST, StartupKind.GSSENC_REQUEST):
+        if packet.kind is StartupKind.SSL_REQUEST:
+            if self.tls_active:
+                raise ProtocolViolation("SSLRequest on an encrypted connection")
+            return (
+                StartupAction.ACCEPT_TLS if self.tls_available else StartupAction.REFUSE_ENCRYPTION
+            )
+        if packet.kind is StartupKind.GSSENC_REQUEST:
             return StartupAction.REFUSE_ENCRYPTION
         if packet.kind is StartupKind.CANCEL_REQUEST:
             self.phase = Phase.CLOSED
@@ -95,4 +105,5 @@ class Session:
         return (
             f"conn={self.connection_id} client={self.client_address} "
             f"user={self.user or '-'} db={self.database or '-'}"
+            + (" tls=on" if self.tls_active else "")
         )
