@@ -11,7 +11,8 @@ from .clean import CleanConnectionDialect
 from .config import Address, Config
 from .embedded import EmbeddedPostgres
 from .server import ProxyServer
-from .tls import client_tls_context
+from .tls import client_tls_context, upstream_tls
+from .upstream import UpstreamTLS
 
 log = logging.getLogger("pgdp")
 
@@ -26,7 +27,9 @@ def _event_loop_factory():  # type: ignore[no-untyped-def]
 
 def run(config: Config) -> None:
     """Run the proxy until SIGTERM/SIGINT; start and stop the embedded server if needed."""
-    tls = client_tls_context(config)  # fail on a bad certificate before starting anything
+    # Fail on a bad certificate before starting anything.
+    tls = client_tls_context(config)
+    server_tls = upstream_tls(config)
     embedded: EmbeddedPostgres | None = None
     upstream = config.upstream
     if upstream is None:
@@ -36,7 +39,7 @@ def run(config: Config) -> None:
         upstream = Address(host=embedded.host, port=embedded.port)
     try:
         with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
-            runner.run(_serve(config, upstream, embedded, tls))
+            runner.run(_serve(config, upstream, embedded, tls, server_tls))
     finally:
         if embedded is not None:
             embedded.stop()
@@ -47,12 +50,14 @@ async def _serve(
     upstream: Address,
     embedded: EmbeddedPostgres | None,
     tls: ssl.SSLContext | None,
+    server_tls: UpstreamTLS | None,
 ) -> None:
     server = ProxyServer(
         config,
         upstream,
         dialect=CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout),
         tls=tls,
+        upstream_tls=server_tls,
     )
     bound = await server.start()
     server.install_signal_handlers()

@@ -17,6 +17,7 @@ from typing import NoReturn
 import platformdirs
 
 ENV_PREFIX = "PGDP_"
+UPSTREAM_SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_LISTEN = "127.0.0.1:6432"
 PG_MAX_MESSAGE = 0x3FFFFFFF  # PostgreSQL's MaxAllocSize - 1: the largest message it accepts
 
@@ -95,6 +96,8 @@ class Config:
     log_level: str = "info"
     tls_cert: Path | None = None  # with tls_key: accept TLS from clients (SSLRequest → 'S')
     tls_key: Path | None = None
+    upstream_sslmode: str = "prefer"  # libpq's sslmode towards the server (TCP only)
+    upstream_sslrootcert: Path | None = None  # CA file for verify-ca / verify-full
 
 
 def default_data_dir() -> Path:
@@ -156,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tls-cert", metavar="FILE", help="PEM certificate (chain) to accept TLS from clients")
     add("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     add(
+        "--upstream-sslmode",
+        choices=UPSTREAM_SSLMODES,
+        help="TLS towards the server, as libpq's sslmode [prefer]",
+    )
+    add(
+        "--upstream-sslrootcert",
+        metavar="FILE",
+        help="CA certificates for verify-ca/verify-full [the system's]",
+    )
+    add(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="log verbosity [info]",
@@ -215,6 +228,12 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     log_level = str(value("log_level") or "info").lower()
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigError(f"log-level: unknown level {log_level!r}")
+    sslmode = str(value("upstream_sslmode") or "prefer").lower()
+    if sslmode not in UPSTREAM_SSLMODES:
+        raise ConfigError(
+            f"upstream-sslmode: {sslmode!r} is not one of {', '.join(UPSTREAM_SSLMODES)}"
+        )
+    rootcert = value("upstream_sslrootcert")
     tls_cert, tls_key = value("tls_cert"), value("tls_key")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("tls-cert and tls-key: give both or neither")
@@ -225,6 +244,8 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         log_level=log_level,
         tls_cert=Path(str(tls_cert)) if tls_cert else None,
         tls_key=Path(str(tls_key)) if tls_key else None,
+        upstream_sslmode=sslmode,
+        upstream_sslrootcert=Path(str(rootcert)) if rootcert else None,
         **options,  # type: ignore[arg-type]
     )
 

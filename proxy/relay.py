@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from .config import Address, Config
 from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
-from .upstream import UpstreamError, connect_upstream, forward_cancel
+from .upstream import UpstreamError, UpstreamTLS, connect_upstream, forward_cancel
 from .wire import ProtocolViolation, StartupPacket, error_response
 
 log = logging.getLogger("pgdp.session")
@@ -50,6 +50,7 @@ class ClientProtocol(asyncio.Protocol):
         "_tls",
         "_transport",
         "_upstream",
+        "_upstream_tls",
         "bytes_in",
         "session",
     )
@@ -61,9 +62,11 @@ class ClientProtocol(asyncio.Protocol):
         session_factory: Callable[[str], Session],
         on_close: Callable[[ClientProtocol], None],
         tls: ssl.SSLContext | None = None,
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         self._config = config
         self._tls = tls
+        self._upstream_tls = upstream_tls
         self._upstream = upstream
         self._session_factory = session_factory
         self._on_close = on_close
@@ -203,11 +206,12 @@ class ClientProtocol(asyncio.Protocol):
         assert session is not None and self._transport is not None
         loop = asyncio.get_running_loop()
         try:
-            transport, server = await connect_upstream(
+            transport, server, encrypted = await connect_upstream(
                 loop,
                 self._upstream,
                 lambda: ServerProtocol(self),
                 self._config.connect_timeout,
+                self._upstream_tls,
             )
         except UpstreamError as exc:
             log.warning("%s upstream unreachable: %s", session.describe(), exc)
@@ -218,17 +222,22 @@ class ClientProtocol(asyncio.Protocol):
         if self._transport.is_closing():
             transport.abort()
             return
-        self._server = server
+        self._server = server  # type: ignore[assignment]
         session.phase = Phase.RELAY
+        if encrypted and session.tls_active:
+            # Channel binding would bind the client to *our* certificate, which the
+            # server cannot check: offer the client plain SCRAM only.
+            session.backend.strip_scram_plus = True  # type: ignore[union-attr]
         self._feed = session.frontend.feed  # type: ignore[union-attr]
         self._server_write = transport.write
         self._server_writelines = transport.writelines
         server.start_relay(session, self.transport)
         log.info(
-            "%s opened app=%s upstream=%s",
+            "%s opened app=%s upstream=%s%s",
             session.describe(),
             session.application_name or "-",
             self._upstream,
+            " (tls)" if encrypted else "",
         )
         transport.write(packet.raw)
         rest, self._rest = self._rest, b""

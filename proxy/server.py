@@ -11,6 +11,7 @@ from typing import Protocol
 from .config import Address, Config
 from .relay import ClientProtocol
 from .session import Session
+from .upstream import UpstreamTLS
 
 log = logging.getLogger("pgdp.server")
 session_log = logging.getLogger("pgdp.session")
@@ -35,6 +36,7 @@ class ProxyServer:
     ``dialect`` supplies the hooks applied to Query/Parse texts (see :mod:`proxy.streams`);
     without one the proxy is a transparent relay. ``tls`` is the context clients' TLS is
     accepted with (SSLRequest answered ``S``); without one SSLRequest is answered ``N``.
+    ``upstream_tls`` says how to negotiate TLS with the server (None: plain).
     """
 
     def __init__(
@@ -44,9 +46,11 @@ class ProxyServer:
         *,
         dialect: Dialect | None = None,
         tls: ssl.SSLContext | None = None,
+        upstream_tls: UpstreamTLS | None = None,
     ) -> None:
         self.config = config
         self._tls = tls
+        self._upstream_tls = upstream_tls
         self.upstream = upstream
         self._dialect = dialect
         self.clients: set[ClientProtocol] = set()
@@ -78,7 +82,12 @@ class ProxyServer:
 
     def _new_client(self) -> ClientProtocol:
         client = ClientProtocol(
-            self.config, self.upstream, self._new_session, self._client_closed, self._tls
+            self.config,
+            self.upstream,
+            self._new_session,
+            self._client_closed,
+            self._tls,
+            self._upstream_tls,
         )
         self.clients.add(client)
         self._all_closed.clear()

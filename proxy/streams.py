@@ -50,6 +50,9 @@ _READY_FOR_QUERY = 0x5A  # Z
 _ERROR = 0x45  # E
 _NOTICE = 0x4E  # N
 _PARAMETER_STATUS = 0x53  # S
+_AUTHENTICATION = 0x52  # R
+_AUTH_SASL = 10
+_SCRAM_PLUS = b"SCRAM-SHA-256-PLUS"
 
 CLEAN_CONNECTION_TAG = b"CLEAN CONNECTION"
 
@@ -372,6 +375,7 @@ class BackendStream:
         "_skip",
         "answering_group",
         "client_encoding",
+        "strip_scram_plus",
     )
 
     def __init__(self, plans: ReplyPlans, on_outcome: OutcomeListener | None = None) -> None:
@@ -384,6 +388,8 @@ class BackendStream:
         self._skip = 0  # bytes of the current message body still to pass through
         self._carry = b""  # a partial header, or a message held whole for shaping
         self.client_encoding = "UTF8"  # as the server last reported it (ParameterStatus)
+        # Set when both sides are TLS: remove SCRAM-SHA-256-PLUS from AuthenticationSASL.
+        self.strip_scram_plus = False
 
     def at_message_boundary(self) -> bool:
         """True when the bytes forwarded so far end exactly at a message boundary."""
@@ -400,7 +406,7 @@ class BackendStream:
         if self._carry:
             data = self._carry + data
             self._carry = b""
-        if self._plans.queue:
+        if self._plans.queue or self.strip_scram_plus:
             return self._walk_shaping(data, pos)
         # Nothing to shape: count groups and forward ``data`` as it is (the hot path).
         n = len(data)
@@ -449,6 +455,15 @@ class BackendStream:
             if length < 4:
                 raise ProtocolViolation(f"server sent invalid message length {length}")
             end = pos + 1 + length
+            if t == _AUTHENTICATION and self.strip_scram_plus:
+                if end > n:
+                    break
+                shaped = _without_scram_plus(data[pos + 5 : end])
+                if shaped is not None:
+                    if pos > run_start:
+                        out.append(data[run_start:pos])
+                    out.append(shaped)
+                    run_start = end
             plan = queue[0] if queue and queue[0].group == self.answering_group else None
             if plan is not None and (t == _COMMAND_COMPLETE or t == _ERROR or t == _NOTICE):
                 if end > n:
@@ -469,6 +484,7 @@ class BackendStream:
             elif kind == 2:
                 self.answering_group += 1
                 self._completions = 0
+                self.strip_scram_plus = False  # authentication is over
                 while queue and queue[0].group < self.answering_group:
                     queue.pop(0)
             if end > n:
@@ -538,6 +554,17 @@ def _map_position(
     if mapped == index:
         return None
     return [*fields[:at], (_FIELD_POSITION, str(mapped + 1).encode()), *fields[at + 1 :]]
+
+
+def _without_scram_plus(body: bytes) -> bytes | None:
+    """An AuthenticationSASL message without SCRAM-SHA-256-PLUS, or None to keep ``body``."""
+    if _unpack_int32(body, 0)[0] != _AUTH_SASL:
+        return None
+    mechanisms = [m for m in body[4:].split(b"\0") if m]
+    if _SCRAM_PLUS not in mechanisms:
+        return None
+    kept = [m for m in mechanisms if m != _SCRAM_PLUS]
+    return message(b"R", body[:4] + b"".join(m + b"\0" for m in kept) + b"\0")
 
 
 def _apply_syntax_fix(fix: SyntaxFix, fields: list[tuple[int, bytes]]) -> bytes | None:

@@ -1,10 +1,12 @@
-"""TLS towards clients: the server-side SSL context built from ``--tls-cert/--tls-key``."""
+"""TLS contexts: towards clients (``--tls-cert/--tls-key``) and towards the server
+(``--upstream-sslmode``, ``--upstream-sslrootcert``)."""
 
 from __future__ import annotations
 
 import ssl
 
 from .config import Config, ConfigError
+from .upstream import UpstreamTLS
 
 
 def client_tls_context(config: Config) -> ssl.SSLContext | None:
@@ -27,3 +29,31 @@ def client_tls_context(config: Config) -> ssl.SSLContext | None:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"tls: cannot load certificate/key: {exc}") from None
     return context
+
+
+def upstream_tls(config: Config) -> UpstreamTLS | None:
+    """How to negotiate TLS with the server, or None for ``disable``.
+
+    As libpq: ``prefer`` and ``require`` encrypt without verifying the certificate,
+    ``verify-ca`` checks it against the root certificates, ``verify-full`` also the host name.
+    """
+    mode = config.upstream_sslmode
+    if mode == "disable":
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if mode in ("prefer", "require"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return UpstreamTLS(mode, context)
+    context.check_hostname = mode == "verify-full"
+    context.verify_mode = ssl.CERT_REQUIRED
+    root = config.upstream_sslrootcert
+    try:
+        if root is not None:
+            context.load_verify_locations(cafile=root)
+        else:
+            context.load_default_certs()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"upstream-sslrootcert: cannot load {root}: {exc}") from None
+    return UpstreamTLS(mode, context)

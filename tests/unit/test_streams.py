@@ -724,3 +724,25 @@ def test_backend_tracks_client_encoding_from_parameter_status(mode: str, shaping
     stream = BackendStream(plans)
     assert feed(stream, split_modes(traffic)[mode]) == traffic
     assert stream.client_encoding == "SJIS"
+
+
+def auth_sasl(*mechanisms: bytes) -> bytes:
+    return message(b"R", struct.pack("!I", 10) + b"".join(m + b"\0" for m in mechanisms) + b"\0")
+
+
+@pytest.mark.parametrize("mode", ["whole", "bytewise", "random-small"])
+def test_scram_plus_withdrawn_when_both_sides_are_tls(mode: str) -> None:
+    offered = auth_sasl(b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256")
+    later = ready() + auth_sasl(b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256")  # after startup: kept
+    stream = BackendStream(ReplyPlans())
+    stream.strip_scram_plus = True
+    out = feed(stream, split_modes(offered + later)[mode])
+    assert out == auth_sasl(b"SCRAM-SHA-256") + later
+    assert not stream.strip_scram_plus
+
+
+def test_sasl_without_plus_passes_unchanged() -> None:
+    traffic = auth_sasl(b"SCRAM-SHA-256") + message(b"R", struct.pack("!I", 0)) + ready()
+    stream = BackendStream(ReplyPlans())
+    stream.strip_scram_plus = True
+    assert feed(stream, [traffic]) == traffic
