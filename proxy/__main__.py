@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(
         level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s"
+        + ("[%(process)d]" if config.workers > 1 else "")
+        + " %(message)s",
         stream=sys.stderr,
     )
     try:

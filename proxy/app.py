@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 import sys
@@ -10,9 +11,10 @@ import sys
 from .clean import CleanConnectionDialect
 from .config import Address, Config
 from .embedded import EmbeddedPostgres
-from .server import ProxyServer
+from .server import ListenError, ProxyServer
 from .tls import client_tls_context, upstream_tls
 from .upstream import UpstreamTLS
+from .workers import reserve_port, supervise
 
 log = logging.getLogger("pgdp")
 
@@ -38,11 +40,49 @@ def run(config: Config) -> None:
         embedded.start()
         upstream = Address(host=embedded.host, port=embedded.port)
     try:
-        with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
-            runner.run(_serve(config, upstream, embedded, tls, server_tls))
+        if config.workers > 1 and config.listen.host:
+            _run_workers(config, upstream, embedded, tls, server_tls)
+        else:
+            _run_loop(config, upstream, embedded, tls, server_tls)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _run_loop(
+    config: Config,
+    upstream: Address,
+    embedded: EmbeddedPostgres | None,
+    tls: ssl.SSLContext | None,
+    server_tls: UpstreamTLS | None,
+) -> None:
+    with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
+        runner.run(_serve(config, upstream, embedded, tls, server_tls))
+
+
+def _run_workers(
+    config: Config,
+    upstream: Address,
+    embedded: EmbeddedPostgres | None,
+    tls: ssl.SSLContext | None,
+    server_tls: UpstreamTLS | None,
+) -> None:
+    """Fork ``config.workers`` processes sharing one port; the first announces it."""
+    try:
+        holder = reserve_port(config.listen.host, config.listen.port)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    port = holder.getsockname()[1]
+    pinned = dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
+
+    def work(index: int) -> None:
+        holder.close()
+        _run_loop(pinned, upstream, embedded if index == 0 else None, tls, server_tls)
+
+    try:
+        supervise(config.workers, work)
+    finally:
+        holder.close()
 
 
 async def _serve(

@@ -94,6 +94,7 @@ class Config:
     clean_wait_timeout: float = 15.0
     clean_check_timeout: float = 5.0
     log_level: str = "info"
+    workers: int = 1
     tls_cert: Path | None = None  # with tls_key: accept TLS from clients (SSLRequest → 'S')
     tls_key: Path | None = None
     upstream_sslmode: str = "prefer"  # libpq's sslmode towards the server (TCP only)
@@ -156,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long CLEAN CONNECTION ... CHECK waits for other sessions to leave [5]",
     )
+    add(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes accepting on the listen port (SO_REUSEPORT) [1]",
+    )
     add("--tls-cert", metavar="FILE", help="PEM certificate (chain) to accept TLS from clients")
     add("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     add(
@@ -208,6 +215,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     options: dict[str, object] = {}
     for name, kind in (
         ("max_message_size", int),
+        ("workers", int),
         ("connect_timeout", float),
         ("shutdown_timeout", float),
         ("clean_wait_timeout", float),

@@ -70,7 +70,12 @@ class ProxyServer:
                 self._server = await loop.create_unix_server(self._new_client, listen.unix_path)
             else:
                 self._server = await loop.create_server(
-                    self._new_client, listen.host, listen.port, backlog=4096, reuse_address=True
+                    self._new_client,
+                    listen.host,
+                    listen.port,
+                    backlog=4096,
+                    reuse_address=True,
+                    reuse_port=self.config.workers > 1,
                 )
         except OSError as exc:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
