@@ -161,6 +161,8 @@ class ClientProtocol(asyncio.Protocol):
                     )
                     return
                 self._transport.write(TLS_ACCEPTED)
+                # Not a byte more as plaintext: the ClientHello belongs to the handshake.
+                self._transport.pause_reading()
                 asyncio.get_running_loop().create_task(self._start_tls())
                 return
             if action is StartupAction.FORWARD_CANCEL:
