@@ -31,16 +31,12 @@ from .wire import ProtocolViolation, build_fields, cstring_at, message, parse_fi
 
 _unpack_int32 = struct.Struct("!I").unpack_from
 
-# Frontend message types (client → server).
+# Frontend message types (client → server) that need more than a header; the hot loop in
+# FrontendStream.feed spells the others (Sync, FunctionCall, CopyDone/Fail) as literals.
 _QUERY = 0x51  # Q
 _PARSE = 0x50  # P
 _BIND = 0x42  # B
 _EXECUTE = 0x45  # E
-_CLOSE = 0x43  # C
-_SYNC = 0x53  # S
-_FUNCTION_CALL = 0x46  # F
-_COPY_DONE = 0x63  # c
-_COPY_FAIL = 0x66  # f
 
 # Backend message types (server → client).
 _COMMAND_COMPLETE = 0x43  # C
