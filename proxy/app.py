@@ -27,6 +27,17 @@ def _event_loop_factory():  # type: ignore[no-untyped-def]
     return uvloop.new_event_loop()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Runtime:
+    """What every worker needs: the configuration and what was prepared from it."""
+
+    config: Config
+    upstream: Address
+    embedded: EmbeddedPostgres | None  # set only where the "ready" banner is printed
+    tls: ssl.SSLContext | None
+    upstream_tls: UpstreamTLS | None
+
+
 def run(config: Config) -> None:
     """Run the proxy until SIGTERM/SIGINT; start and stop the embedded server if needed."""
     # Fail on a bad certificate before starting anything.
@@ -39,65 +50,52 @@ def run(config: Config) -> None:
         log.info("starting embedded PostgreSQL in %s", embedded.datadir)
         embedded.start()
         upstream = Address(host=embedded.host, port=embedded.port)
+    runtime = _Runtime(config, upstream, embedded, tls, server_tls)
     try:
         if config.workers > 1 and config.listen.host:
-            _run_workers(config, upstream, embedded, tls, server_tls)
+            _run_workers(runtime)
         else:
-            _run_loop(config, upstream, embedded, tls, server_tls)
+            _run_loop(runtime)
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _run_loop(
-    config: Config,
-    upstream: Address,
-    embedded: EmbeddedPostgres | None,
-    tls: ssl.SSLContext | None,
-    server_tls: UpstreamTLS | None,
-) -> None:
+def _run_loop(runtime: _Runtime) -> None:
     with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
-        runner.run(_serve(config, upstream, embedded, tls, server_tls))
+        runner.run(_serve(runtime))
 
 
-def _run_workers(
-    config: Config,
-    upstream: Address,
-    embedded: EmbeddedPostgres | None,
-    tls: ssl.SSLContext | None,
-    server_tls: UpstreamTLS | None,
-) -> None:
+def _run_workers(runtime: _Runtime) -> None:
     """Fork ``config.workers`` processes sharing one port; the first announces it."""
+    listen = runtime.config.listen
     try:
-        holder = reserve_port(config.listen.host, config.listen.port)  # type: ignore[arg-type]
+        holder = reserve_port(listen.host, listen.port)  # type: ignore[arg-type]
     except OSError as exc:
-        raise ListenError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
-    port = holder.getsockname()[1]
-    pinned = dataclasses.replace(config, listen=dataclasses.replace(config.listen, port=port))
+        raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    pinned = dataclasses.replace(
+        runtime.config, listen=dataclasses.replace(listen, port=holder.getsockname()[1])
+    )
 
     def work(index: int) -> None:
         holder.close()
-        _run_loop(pinned, upstream, embedded if index == 0 else None, tls, server_tls)
+        embedded = runtime.embedded if index == 0 else None
+        _run_loop(dataclasses.replace(runtime, config=pinned, embedded=embedded))
 
     try:
-        supervise(config.workers, work)
+        supervise(runtime.config.workers, work)
     finally:
         holder.close()
 
 
-async def _serve(
-    config: Config,
-    upstream: Address,
-    embedded: EmbeddedPostgres | None,
-    tls: ssl.SSLContext | None,
-    server_tls: UpstreamTLS | None,
-) -> None:
+async def _serve(runtime: _Runtime) -> None:
+    config, upstream, embedded = runtime.config, runtime.upstream, runtime.embedded
     server = ProxyServer(
         config,
         upstream,
         dialect=CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout),
-        tls=tls,
-        upstream_tls=server_tls,
+        tls=runtime.tls,
+        upstream_tls=runtime.upstream_tls,
     )
     bound = await server.start()
     server.install_signal_handlers()

@@ -131,6 +131,12 @@ class EmbeddedPostgres:
     def start(self) -> None:
         """Initialise the cluster if needed and start it; return when it accepts connections."""
         self._prepare_datadir()
+        running = self._running_postmaster()
+        if running is not None:
+            raise EmbeddedPostgresError(
+                f"the PostgreSQL in {self.datadir} is already running (PID {running}); "
+                "is another pg-dialect-proxy using it? Use --data-dir or --upstream"
+            )
         if not (self.datadir / "PG_VERSION").exists():
             self._initdb()
         self._write_hba()
@@ -189,6 +195,15 @@ class EmbeddedPostgres:
             _allow_traverse(self.datadir)
             _allow_traverse(self.bin_dir)
             os.chown(self.datadir, self._run_as.uid, self._run_as.gid)
+
+    def _running_postmaster(self) -> int | None:
+        """The PID in postmaster.pid if that process is alive (a stale file is not)."""
+        try:
+            pid = int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
 
     def _initdb(self) -> None:
         self._run(
