@@ -329,9 +329,7 @@ class CleanConnectionDialect:
         self.wait_seconds = wait_seconds
         self.check_seconds = check_seconds
 
-    @staticmethod
-    def might_rewrite(body: bytes) -> bool:
-        return might_contain_clean(body)
+    might_rewrite = staticmethod(might_contain_clean)
 
     def attach(self, session: Session) -> None:
         wait, check = self.wait_seconds, self.check_seconds

@@ -190,7 +190,8 @@ class FrontendStream:
     ) -> None:
         self._plans = plans
         self._max = max_message_size
-        self._might_rewrite = might_rewrite
+        # The pre-test only matters when there is a rewriter to run when it fires.
+        self._might_rewrite = might_rewrite if rewrite is not None else None
         self._rewrite = rewrite
         # A partial header, or a Query/Parse/tracked message not yet whole, and how many
         # bytes it must reach before parsing is worth retrying (appending is amortised O(1):
@@ -229,6 +230,7 @@ class FrontendStream:
         pos = run_start = 0
         max_size = self._max
         tracking = self._tracking
+        might = self._might_rewrite
         unpack = _unpack_int32
         # Hot loop: type bytes are literals (LOAD_CONST) rather than module globals.
         while n - pos >= 5:
@@ -241,7 +243,17 @@ class FrontendStream:
             if t == 0x51 or t == 0x50 or (tracking and (t == 0x42 or t == 0x45 or t == 0x43)):
                 if end > n:
                     break
-                replacement = self._inspect(t, data, pos + 5, end)
+                if t == 0x51:  # Query: opens a response group
+                    self.groups_sent += 1
+                    self._executes = 0
+                    self._syncs_since_execute = 0
+                # The pre-test inline: a Query/Parse without the word costs one call.
+                if (t != 0x51 and t != 0x50) or (might is not None and might(data[pos + 5 : end])):
+                    replacement = self._inspect(t, data, pos + 5, end)
+                elif t == 0x50 and tracking:  # a redefined name is no longer rewritten
+                    replacement = self._forget_statement(cstring_at(data, pos + 5)[0])
+                else:
+                    replacement = None
                 tracking = self._tracking
                 if replacement is not None:
                     if pos > run_start:
@@ -289,12 +301,8 @@ class FrontendStream:
     # --- inspection of whole Query / Parse / Bind / Execute / Close -------------------
 
     def _inspect(self, t: int, data: bytes, start: int, end: int) -> bytes | None:
-        if t == _QUERY:
-            group = self.groups_sent
-            self.groups_sent += 1
-            self._executes = 0
-            self._syncs_since_execute = 0
-            return self._inspect_query(data, start, end, group)
+        if t == _QUERY:  # the loop has counted its group already
+            return self._inspect_query(data, start, end, self.groups_sent - 1)
         if t == _PARSE:
             return self._inspect_parse(data, start, end)
         body = data[start:end]
@@ -321,8 +329,7 @@ class FrontendStream:
         return None
 
     def _inspect_query(self, data: bytes, start: int, end: int, group: int) -> bytes | None:
-        if self._rewrite is None or not self._might_rewrite(data[start:end]):
-            return None
+        """A Query whose pre-test fired: rewrite it and file the plan for its group."""
         sql = data[start : end - 1]  # without the terminating NUL
         rewrite = self._rewrite(sql)
         if rewrite is None:
@@ -338,11 +345,8 @@ class FrontendStream:
         return message(b"Q", rewrite.sql + b"\0")
 
     def _inspect_parse(self, data: bytes, start: int, end: int) -> bytes | None:
+        """A Parse whose pre-test fired: rewrite it and remember the statement's name."""
         body = data[start:end]
-        if self._rewrite is None or not self._might_rewrite(body):
-            if self._statements:  # a redefined name is no longer a rewritten statement
-                self._forget_statement(cstring_at(body, 0)[0])
-            return None
         name, sql_start = cstring_at(body, 0)
         sql, params_start = cstring_at(body, sql_start)
         rewrite = self._rewrite(sql)
@@ -356,6 +360,7 @@ class FrontendStream:
         return message(b"P", name + b"\0" + rewrite.sql + b"\0" + body[params_start:])
 
     def _forget_statement(self, name: bytes) -> None:
+        """Returns None (nothing to replace): ``name`` is no longer a rewritten statement."""
         self._statements.pop(name, None)
         self._tracking = bool(self._statements or self._portals)
 
