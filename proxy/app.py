@@ -50,6 +50,7 @@ def run(config: Config) -> None:
         log.info("starting embedded PostgreSQL in %s", embedded.datadir)
         embedded.start()
         upstream = Address(host=embedded.host, port=embedded.port)
+        server_tls = None  # a local server built without TLS: skip the SSLRequest round trip
     runtime = _Runtime(config, upstream, embedded, tls, server_tls)
     try:
         if config.workers > 1 and config.listen.host:
