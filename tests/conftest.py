@@ -222,38 +222,84 @@ def launch_proxy(args: list[str], logfile: Path, env: dict[str, str] | None = No
     return proxy
 
 
+class ProxyLauncher:
+    """Starts proxies logging into ``directory``; :meth:`stop_all` stops them and fails the
+    test if any of them logged a traceback."""
+
+    def __init__(self, directory: Path, prefix: str = "proxy") -> None:
+        self.directory, self.prefix = directory, prefix
+        self.started: list[ProxyProcess] = []
+
+    def start(self, args: list[str], env: dict[str, str] | None = None) -> ProxyProcess:
+        logfile = self.directory / f"{self.prefix}-{len(self.started)}.log"
+        proxy = launch_proxy(args, logfile, env)
+        self.started.append(proxy)
+        return proxy
+
+    def stop_all(self) -> None:
+        for proxy in self.started:
+            proxy.stop(signal.SIGINT)
+            assert "Traceback" not in proxy.log(), proxy.log()
+
+
 @pytest.fixture
 def start_proxy(pg: PgServer, tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     """Factory: ``start_proxy(*extra_args, upstream=...)`` → a running proxy."""
-    started: list[ProxyProcess] = []
+    launcher = ProxyLauncher(tmp_path)
 
     def start(
         *args: str, upstream: str | None = None, env: dict[str, str] | None = None
     ) -> ProxyProcess:
         target = upstream or f"{pg.host}:{pg.port}"
-        logfile = tmp_path / f"proxy-{len(started)}.log"
-        proxy = launch_proxy(["--listen", "127.0.0.1:0", "--upstream", target, *args], logfile, env)
+        proxy = launcher.start(["--listen", "127.0.0.1:0", "--upstream", target, *args], env)
         proxy.upstream = pg
-        started.append(proxy)
         return proxy
 
     yield start
-    for proxy in started:
-        proxy.stop(signal.SIGINT)
-        assert "Traceback" not in proxy.log(), proxy.log()
+    launcher.stop_all()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m proxy ARGS`` run to completion (for commands that must exit)."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess, needle: str) -> None:
+    """A non-zero exit with exactly one ``pg-dialect-proxy: ...`` line and no traceback."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pg-dialect-proxy: ")
+    assert needle in lines[0]
+    assert result.stdout == ""
+
+
+@contextlib.contextmanager
+def proxy_in_front_of(pg: PgServer, directory: Path, *args: str) -> Iterator[ProxyProcess]:
+    """A proxy to ``pg`` with extra ``args`` for the duration of the block."""
+    launcher = ProxyLauncher(directory)
+    proxy = launcher.start(["--listen", "127.0.0.1:0", "--upstream", f"{pg.host}:{pg.port}", *args])
+    proxy.upstream = pg
+    try:
+        yield proxy
+    finally:
+        launcher.stop_all()
 
 
 @pytest.fixture(scope="module")
 def proxy(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """One proxy in front of ``pg`` shared by a test module."""
-    logfile = tmp_path_factory.mktemp("proxy") / "proxy.log"
-    running = launch_proxy(
-        ["--listen", "127.0.0.1:0", "--upstream", f"{pg.host}:{pg.port}"], logfile
-    )
-    running.upstream = pg
-    yield running
-    running.stop(signal.SIGINT)
-    assert "Traceback" not in running.log(), running.log()
+    with proxy_in_front_of(pg, tmp_path_factory.mktemp("proxy")) as running:
+        yield running
 
 
 @pytest.fixture

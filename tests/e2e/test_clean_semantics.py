@@ -9,7 +9,6 @@ session still answers.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,30 +18,23 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import PgServer, ProxyProcess, launch_proxy, wait_until
+from tests.conftest import PgServer, ProxyProcess, proxy_in_front_of, wait_until
 from tests.e2e.victims import Victims
 
 
 @pytest.fixture(scope="module")
 def cproxy(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """The proxy the cleaning sessions use; CHECK gives up after 0.5 s to keep tests quick."""
-    logfile = tmp_path_factory.mktemp("cproxy") / "proxy.log"
-    args = ["--listen", "127.0.0.1:0", "--upstream", f"{pg.host}:{pg.port}"]
-    proxy = launch_proxy([*args, "--clean-check-timeout", "0.5"], logfile)
-    proxy.upstream = pg
-    yield proxy
-    proxy.stop(signal.SIGINT)
-    assert "Traceback" not in proxy.log(), proxy.log()
+    directory = tmp_path_factory.mktemp("cproxy")
+    with proxy_in_front_of(pg, directory, "--clean-check-timeout", "0.5") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def other_proxy(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """A second, independent proxy instance in front of the same server."""
-    logfile = tmp_path_factory.mktemp("other") / "proxy.log"
-    proxy = launch_proxy(["--listen", "127.0.0.1:0", "--upstream", f"{pg.host}:{pg.port}"], logfile)
-    proxy.upstream = pg
-    yield proxy
-    proxy.stop(signal.SIGINT)
+    with proxy_in_front_of(pg, tmp_path_factory.mktemp("other")) as running:
+        yield running
 
 
 @dataclass(frozen=True)

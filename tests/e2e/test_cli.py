@@ -6,40 +6,22 @@ variables and the TOML file all configure it; SIGTERM drains, SIGINT closes at o
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import REPO, PgServer, ProxyProcess, launch_proxy, wait_until
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-    )
-
-
-def assert_one_line_failure(result: subprocess.CompletedProcess, needle: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("pg-dialect-proxy: ")
-    assert needle in lines[0]
-    assert result.stdout == ""
+from tests.conftest import (
+    PgServer,
+    ProxyLauncher,
+    ProxyProcess,
+    assert_one_line_failure,
+    run_cli,
+    wait_until,
+)
 
 
 def test_help() -> None:
@@ -99,17 +81,9 @@ def test_port_already_in_use(pg: PgServer) -> None:
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     """``launch(*args, env=...)``: a proxy started with exactly these arguments."""
-    started: list[ProxyProcess] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
-        proxy = launch_proxy(list(args), tmp_path / f"cli-{len(started)}.log", env)
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.stop(signal.SIGINT)
-        assert "Traceback" not in proxy.log(), proxy.log()
+    launcher = ProxyLauncher(tmp_path, "cli")
+    yield lambda *args, env=None: launcher.start(list(args), env)
+    launcher.stop_all()
 
 
 def server_port_seen_through(proxy: ProxyProcess, pg: PgServer) -> int:

@@ -8,7 +8,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
@@ -16,7 +15,7 @@ import psycopg
 import pytest
 import trustme
 
-from tests.conftest import REPO, PgServer, ProxyProcess
+from tests.conftest import PgServer, ProxyProcess, assert_one_line_failure, run_cli
 from tests.rawpg import SSL_REQUEST, error_fields, read_message, startup_packet
 
 
@@ -117,45 +116,12 @@ def test_garbage_instead_of_a_handshake(tls_proxy: ProxyProcess) -> None:
 
 
 def test_unreadable_certificate_is_one_line(tmp_path: Path, certs) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "--upstream",
-            "127.0.0.1:1",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            str(tmp_path / "missing.pem"),
-            "--tls-key",
-            str(certs["key"]),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
+    base = ["--upstream", "127.0.0.1:1", "--listen", "127.0.0.1:0"]
+    missing = run_cli(
+        *base, "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(certs["key"])
     )
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "missing.pem" in result.stderr
-    assert "Traceback" not in result.stderr
-    mismatched = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "--upstream",
-            "127.0.0.1:1",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            str(certs["ca"]),
-            "--tls-key",
-            str(certs["key"]),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
-    assert mismatched.returncode == 2 and mismatched.stderr.count("\n") == 1
+    assert_one_line_failure(missing, "missing.pem")
+    assert missing.returncode == 2
+    mismatched = run_cli(*base, "--tls-cert", str(certs["ca"]), "--tls-key", str(certs["key"]))
+    assert_one_line_failure(mismatched, "tls: cannot load certificate/key")
+    assert mismatched.returncode == 2

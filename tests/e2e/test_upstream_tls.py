@@ -7,7 +7,6 @@ PostgreSQL (skipped where none is installed, or with PROXY_TEST_DSN).
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import trustme
 
 from proxy.embedded import EmbeddedPostgres, _service_account
-from tests.conftest import ProxyProcess, launch_proxy
+from tests.conftest import ProxyLauncher, ProxyProcess
 
 SYSTEM_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
 pytestmark = pytest.mark.skipif(
@@ -69,19 +68,11 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
 
 @pytest.fixture
 def proxy_to(tls_server: TLSServer, tmp_path: Path) -> Iterator:
-    started: list[ProxyProcess] = []
-
-    def start(*args: str) -> ProxyProcess:
-        upstream = f"{tls_server.server.host}:{tls_server.server.port}"
-        logfile = tmp_path / f"proxy-{len(started)}.log"
-        proxy = launch_proxy(["--listen", "127.0.0.1:0", "--upstream", upstream, *args], logfile)
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.stop(signal.SIGINT)
-        assert "Traceback" not in proxy.log(), proxy.log()
+    """Factory: a proxy in front of the TLS-enabled server, with extra arguments."""
+    launcher = ProxyLauncher(tmp_path)
+    upstream = f"{tls_server.server.host}:{tls_server.server.port}"
+    yield lambda *args: launcher.start(["--listen", "127.0.0.1:0", "--upstream", upstream, *args])
+    launcher.stop_all()
 
 
 def server_side_ssl(proxy: ProxyProcess, **extra: str) -> bool:
