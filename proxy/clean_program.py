@@ -1,0 +1,197 @@
+"""The server-side program that implements one CLEAN CONNECTION statement.
+
+:func:`render_program` turns a parsed :class:`~grammar.CleanConnection` into a ``DO`` block
+that the server runs in the caller's own session with the caller's privileges: validation in
+openGauss's order, the optional CHECK, then ``pg_terminate_backend`` on the matching client
+backends the caller may signal, a bounded wait for them to exit, and a final ``INFO`` line
+carrying the counts (consumed by the proxy, never forwarded).
+
+The generated text is pure ASCII. Names are data: they are embedded as hex of the client's
+own bytes and decoded on the server, so no quote or backslash from the client ever reaches
+the program, whatever ``standard_conforming_strings`` or the client encoding say.
+"""
+
+from __future__ import annotations
+
+from grammar import CleanConnection
+
+from .streams import AUDIT_MARKER
+
+_DOLLAR_TAG = "$pgdp_clean$"
+
+# Client backends. PostgreSQL hides backend_type (and state) of other roles' sessions from
+# a caller without their privileges or pg_read_all_stats; such a row with a role is
+# counted as a session (it can only be a client backend or one of its parallel workers),
+# so that CHECK is conservative and the skipped count is honest.
+_IS_SESSION = (
+    "(a.backend_type = 'client backend' OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))"
+)
+
+# The server-side program. Placeholders are filled with SQL produced by this module only
+# (hex literals, numbers, booleans, NULL): no client text ever reaches this template.
+_PROGRAM = """DO {tag}
+DECLARE
+  v_db text := {database};
+  v_user text := {user};
+  v_nodes text[] := {nodes};
+  v_check boolean := {check};
+  v_force boolean := {force};
+  v_wait_seconds float8 := {wait};
+  v_check_seconds float8 := {check_wait};
+  v_super boolean;
+  v_dbid oid;
+  v_owner oid;
+  v_roleid oid;
+  v_sessions bigint;
+  v_prepared bigint;
+  v_deadline timestamptz;
+  v_pids int[] := '{{}}';
+  v_terminated int := 0;
+  v_skipped int := 0;
+  v_remaining int := 0;
+  r record;
+BEGIN
+  SELECT rolsuper INTO v_super FROM pg_catalog.pg_roles WHERE rolname = current_user;
+  IF v_db IS NULL AND v_user IS NULL THEN
+    RAISE EXCEPTION USING ERRCODE = '42601', MESSAGE = 'must define Database name or user name';
+  END IF;
+  IF v_db IS NOT NULL THEN
+    SELECT oid, datdba INTO v_dbid, v_owner FROM pg_catalog.pg_database WHERE datname = v_db;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION USING ERRCODE = '3D000',
+        MESSAGE = pg_catalog.format('database "%s" does not exist', v_db);
+    END IF;
+    IF NOT v_super AND NOT pg_catalog.pg_has_role(current_user, v_owner, 'MEMBER') THEN
+      RAISE EXCEPTION USING ERRCODE = '42501',
+        MESSAGE = pg_catalog.format('must be owner of database %s', v_db);
+    END IF;
+  ELSIF NOT v_super THEN
+    RAISE EXCEPTION USING ERRCODE = '42501',
+      MESSAGE = 'must be system admin to clean pool connections';
+  END IF;
+  IF v_user IS NOT NULL THEN
+    SELECT oid INTO v_roleid FROM pg_catalog.pg_roles WHERE rolname = v_user;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION USING ERRCODE = '42704',
+        MESSAGE = pg_catalog.format('role "%s" does not exist', v_user);
+    END IF;
+  END IF;
+  IF v_nodes IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = '42601',
+      MESSAGE = pg_catalog.format('Node %s: object not defined', v_nodes[1]);
+  END IF;
+
+  IF v_check THEN
+    v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => v_check_seconds);
+    LOOP
+      PERFORM pg_catalog.pg_stat_clear_snapshot();
+      SELECT pg_catalog.count(*) INTO v_sessions FROM pg_catalog.pg_stat_activity a
+       WHERE {is_session} AND a.pid <> pg_catalog.pg_backend_pid()
+         AND (v_dbid IS NULL OR a.datid = v_dbid)
+         AND (v_roleid IS NULL OR a.usesysid = v_roleid);
+      SELECT pg_catalog.count(*) INTO v_prepared FROM pg_catalog.pg_prepared_xacts p
+       WHERE v_dbid IS NOT NULL AND p.database = v_db
+         AND (v_user IS NULL OR p.owner = v_user);
+      EXIT WHEN (v_sessions = 0 AND v_prepared = 0)
+             OR pg_catalog.clock_timestamp() >= v_deadline;
+      PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+    IF v_sessions > 0 OR v_prepared > 0 THEN
+      IF v_db IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '55006',
+          MESSAGE = pg_catalog.format('role "%s" is being used by other users', v_user);
+      END IF;
+      RAISE EXCEPTION USING ERRCODE = '55006',
+        MESSAGE = pg_catalog.format('database "%s" is being accessed by other users', v_db),
+        DETAIL = CASE
+          WHEN v_sessions > 0 AND v_prepared > 0 THEN pg_catalog.format(
+            'There are %s other session(s) and %s prepared transaction(s) using the database.',
+            v_sessions, v_prepared)
+          WHEN v_sessions = 1 THEN 'There is 1 other session using the database.'
+          WHEN v_sessions > 1 THEN pg_catalog.format(
+            'There are %s other sessions using the database.', v_sessions)
+          WHEN v_prepared = 1 THEN 'There is 1 prepared transaction using the database.'
+          ELSE pg_catalog.format(
+            'There are %s prepared transactions using the database.', v_prepared)
+        END;
+    END IF;
+  END IF;
+
+  PERFORM pg_catalog.pg_stat_clear_snapshot();
+  FOR r IN
+    SELECT a.pid, a.state, a.usesysid, t.rolsuper AS target_super
+      FROM pg_catalog.pg_stat_activity a
+      LEFT JOIN pg_catalog.pg_roles t ON t.oid = a.usesysid
+     WHERE {is_session} AND a.pid <> pg_catalog.pg_backend_pid()
+       AND (v_dbid IS NULL OR a.datid = v_dbid)
+       AND (v_roleid IS NULL OR a.usesysid = v_roleid)
+  LOOP
+    -- PostgreSQL's own rule (signalfuncs.c): superuser sessions need a superuser; others
+    -- need the privileges of the session's role or of pg_signal_backend.
+    IF NOT v_super AND (r.target_super IS NOT FALSE OR NOT (
+         pg_catalog.pg_has_role(current_user, r.usesysid, 'USAGE')
+         OR pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE'))) THEN
+      v_skipped := v_skipped + 1;
+      CONTINUE;
+    END IF;
+    IF NOT v_force AND r.state IS DISTINCT FROM 'idle' THEN
+      CONTINUE;  -- connections in use are cleared only in force mode
+    END IF;
+    BEGIN
+      IF pg_catalog.pg_terminate_backend(r.pid) THEN
+        v_terminated := v_terminated + 1;
+        v_pids := v_pids || r.pid;
+      END IF;
+    EXCEPTION WHEN insufficient_privilege THEN
+      v_skipped := v_skipped + 1;
+    END;
+  END LOOP;
+  IF v_skipped > 0 THEN
+    RAISE WARNING USING MESSAGE = pg_catalog.format(
+      'permission denied to terminate %s matching session(s); they were skipped', v_skipped);
+  END IF;
+
+  v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => v_wait_seconds);
+  LOOP
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    SELECT pg_catalog.count(*) INTO v_remaining FROM pg_catalog.pg_stat_activity
+     WHERE pid = ANY (v_pids);
+    EXIT WHEN v_remaining = 0 OR pg_catalog.clock_timestamp() >= v_deadline;
+    PERFORM pg_catalog.pg_sleep(0.01);
+  END LOOP;
+  IF v_remaining > 0 THEN
+    RAISE WARNING USING MESSAGE = pg_catalog.format(
+      'clean active sessions not completed, %s remain', v_remaining);
+  END IF;
+  RAISE INFO USING MESSAGE = pg_catalog.format(
+    '{marker}terminated=%s skipped=%s remaining=%s', v_terminated, v_skipped, v_remaining);
+END
+{tag}"""
+
+
+def _text_literal(value: str | None, codec: str) -> str:
+    """``value`` as the client's own bytes in hex, decoded on the server; or NULL."""
+    if value is None:
+        return "NULL"
+    return f"pg_catalog.convert_from(pg_catalog.decode('{value.encode(codec).hex()}', 'hex'), pg_catalog.pg_client_encoding())"
+
+
+def render_program(
+    statement: CleanConnection, *, codec: str, wait_seconds: float, check_seconds: float
+) -> str:
+    """The DO block implementing ``statement`` (ASCII only, no client text inside)."""
+    nodes = "NULL"
+    if statement.target != "all":
+        nodes = "ARRAY[" + ", ".join(_text_literal(n, codec) for n in statement.nodes) + "]"
+    return _PROGRAM.format(
+        tag=_DOLLAR_TAG,
+        database=_text_literal(statement.database, codec),
+        user=_text_literal(statement.user, codec),
+        nodes=nodes,
+        check="true" if statement.check else "false",
+        force="true" if statement.force else "false",
+        wait=repr(float(wait_seconds)),
+        check_wait=repr(float(check_seconds)),
+        marker=AUDIT_MARKER.decode(),
+        is_session=_IS_SESSION,
+    )
