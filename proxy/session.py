@@ -97,6 +97,11 @@ class Session:
         self.phase = Phase.CONNECTING
         return StartupAction.CONNECT
 
+    def login_complete(self) -> bool:
+        """True once the server's first ReadyForQuery has passed: the client is
+        authenticated and its session is ready."""
+        return self.backend is not None and self.backend.answering_group >= 0
+
     def duration(self) -> float:
         return time.monotonic() - self.started
 
