@@ -17,6 +17,11 @@ from grammar import CleanConnection
 
 from .streams import AUDIT_MARKER
 
+DEFAULT_WAIT_SECONDS = 15.0
+"""How long a CLEAN CONNECTION waits for the sessions it terminated to exit."""
+DEFAULT_CHECK_SECONDS = 5.0
+"""How long CLEAN CONNECTION ... CHECK waits for other sessions to leave."""
+
 _DOLLAR_TAG = "$pgdp_clean$"
 
 # Client backends. PostgreSQL hides backend_type (and state) of other roles' sessions from
@@ -177,7 +182,12 @@ def _text_literal(value: str | None, codec: str) -> str:
 
 
 def render_program(
-    statement: CleanConnection, *, codec: str, wait_seconds: float, check_seconds: float
+    statement: CleanConnection,
+    *,
+    codec: str,
+    wait_seconds: float,
+    check_seconds: float,
+    encoding: str = "",
 ) -> str:
     """The DO block implementing ``statement`` (ASCII only, no client text inside)."""
     nodes = "NULL"

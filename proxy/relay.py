@@ -118,6 +118,8 @@ class ClientProtocol(asyncio.Protocol):
         session = self.session
         if session is not None and session.phase is not Phase.CLOSED:
             session.phase = Phase.CLOSED
+        if session is not None:
+            session.release()
         if self._server is not None:
             self._server.client_gone()
         self._on_close(self)

@@ -6,11 +6,11 @@ import asyncio
 import logging
 import signal
 import ssl
-from typing import Protocol
 
 from .config import Address, Config
 from .relay import ClientProtocol
 from .session import Session
+from .streams import Dialect
 from .upstream import UpstreamTLS
 
 log = logging.getLogger("pgdp.server")
@@ -19,15 +19,6 @@ session_log = logging.getLogger("pgdp.session")
 
 class ListenError(OSError):
     """The listen address could not be bound (in use, not permitted, unknown host)."""
-
-
-class Dialect(Protocol):
-    """Statements the proxy rewrites: a cheap byte pre-test and per-session hooks."""
-
-    def might_rewrite(self, body: bytes) -> bool: ...
-
-    def attach(self, session: Session) -> None:
-        """Set ``session.rewrite`` and ``session.on_outcome`` for a new session."""
 
 
 class ProxyServer:
@@ -99,13 +90,11 @@ class ProxyServer:
         return client
 
     def _new_session(self, client_address: str) -> Session:
-        session = Session(
-            client_address=client_address, max_message_size=self.config.max_message_size
+        return Session(
+            client_address=client_address,
+            max_message_size=self.config.max_message_size,
+            dialect=self._dialect,
         )
-        if self._dialect is not None:
-            session.might_rewrite = self._dialect.might_rewrite
-            self._dialect.attach(session)
-        return session
 
     def _client_closed(self, client: ClientProtocol) -> None:
         if client in self.clients:
