@@ -117,7 +117,7 @@ class _Text:
             return b - a
         piece = self.buf[a:b]
         if self.encoding == "UTF8":
-            return len(piece.translate(None, _NOT_UTF8_CONTINUATION))
+            return len(piece) - len(piece.translate(None, _NOT_UTF8_CONTINUATION))
         return len(piece.decode(self.codec or "latin-1", "replace"))
 
 
