@@ -58,26 +58,27 @@ _IDENT_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 _DIGITS = frozenset(b"0123456789")
 
 # Complete constructs the body pattern consumes in C; anything else stops it.
-_RUN = rb"[^'\"$;\-/\x00]++"
+# Words are taken whole (with the "$" they may contain), so a "$" the pattern meets
+# otherwise always starts a token: a dollar quote or a parameter.
+_RUN = rb"[^'\"$;\-/\x00A-Za-z_\x80-\xff]++"
+_WORD_TOKEN = rb"[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*+(?=[^A-Za-z0-9_$\x80-\xff])"
 _STD_QUOTED = rb"'(?:[^'\x00]++|'')*+'(?=[^'])"
 # An escape string, taken whole only where no continuation (a newline, then another
 # quote, which continues the escape string) can follow: otherwise Python looks.
 _ESC_QUOTED = rb"'(?:[^'\\\x00]++|''|\\[^\x00])*+'(?=[ \t\f]*+[^ \t\f\n\r\v\-'])"
 _AT_TOKEN_START = rb"(?<![" + _IDENT + rb"])"
-_E_PREFIX = rb"(?<=" + _AT_TOKEN_START + rb"[eE])"
-_BX_PREFIX = rb"(?<=" + _AT_TOKEN_START + rb"[bBxX])"
+_E_PREFIX = rb"(?<![0-9])[eE]"
+_BX_PREFIX = rb"(?<![0-9])[bBxX]"
 # A plain quote: not after a prefix letter that starts a token, nor after a digit and a
 # prefix letter (``1e'..'`` is an E string to PostgreSQL 15 and an error to 16).
 _NO_PREFIX = rb"(?:(?<![eEbBxX])|(?<=[A-Za-z_$\x80-\xff][eEbBxX]))"
 _DOUBLE_QUOTED = rb'"(?:[^"\x00]++|"")*+"(?=[^"])'
 _DOLLAR_QUOTED = (
-    _AT_TOKEN_START
-    + rb"\$(?P<tag>(?:["
+    rb"\$(?P<tag>(?:["
     + _IDENT_START
     + rb"][A-Za-z0-9_\x80-\xff]*+)?)\$(?:[^$\x00]++|\$(?!(?P=tag)\$))*+\$(?P=tag)\$"
 )
-_IDENT_DOLLAR = rb"(?<=[A-Za-z_$\x80-\xff])\$"
-_PARAM = rb"(?<![" + _IDENT + rb"])\$[0-9]++(?=[^0-9])"
+_PARAM = rb"\$[0-9]++(?=[^0-9])"
 _LINE_COMMENT = rb"--[^\n\r\x00]*+(?=[\n\r\x00])"
 _BLOCK_COMMENT = rb"/\*(?:[^*/\x00]++|\*(?!/)|/(?!\*))*+\*/"
 _MINUS = rb"-(?=[^-])"
@@ -108,6 +109,7 @@ def _body_pattern(scs: bool, first_letters: bytes, semicolons: bool) -> re.Patte
         _RUN,
         _E_PREFIX + _ESC_QUOTED,
         _BX_PREFIX + _STD_QUOTED,
+        _WORD_TOKEN,
         plain,
         _DOUBLE_QUOTED,
         _LINE_COMMENT,
@@ -115,7 +117,6 @@ def _body_pattern(scs: bool, first_letters: bytes, semicolons: bool) -> re.Patte
         _MINUS,
         _SLASH,
         _DOLLAR_QUOTED,
-        _IDENT_DOLLAR,
         _PARAM,
     ]
     if semicolons:
@@ -247,9 +248,10 @@ class OutlineScanner:
         pos = self._pos
         while not self.done:
             if self._open is not None:
+                before = (pos, self._open)
                 pos = self._continue_open(buf, pos, limit)
-                if self._open is not None or self.done:
-                    break
+                if self.done or (self._open is not None and (pos, self._open) == before):
+                    break  # finished, or the open construct needs more bytes
                 continue
             if self._first:
                 pos = _SPACES.match(buf, pos, limit).end()  # type: ignore[union-attr]
@@ -360,9 +362,7 @@ class OutlineScanner:
                 return self._give_up()
             self._open, self._closer = kind, b"'"
             return pos + 1
-        if c == 0x24:  # $
-            if pos > self._start and buf[pos - 1] in _DIGITS:
-                return self._give_up()  # "1$a$": a number then a dollar quote, or not
+        if c == 0x24:  # $ (never inside a word: the pattern takes words whole)
             m = _DOLLAR_OPENER.match(buf, pos, limit)
             if m is not None:
                 self._open, self._closer = _DOLLAR, bytes(m.group())
@@ -372,12 +372,15 @@ class OutlineScanner:
             if prefix.end() >= limit:
                 return None
             return pos + 1  # a lone "$" (PostgreSQL's dolqfailed rule)
+        if c in _IDENT_BYTES:
+            return None  # a word that may go on in the next read
         return self._give_up()  # pragma: no cover - the body pattern takes anything else
 
     def _quote_kind(self, buf: bytes | bytearray, pos: int) -> int | None:
         """_QUOTE or _ESCAPE for the string starting at ``pos``; None if uncertain."""
-        prev = buf[pos - 1] if pos > self._start else -1
-        before = buf[pos - 2] if pos - 1 > self._start else -1
+        # Bytes before the text (a message header) count as a space.
+        prev = buf[pos - 1] if pos > self._start else 0x20
+        before = buf[pos - 2] if pos - 1 > self._start else 0x20
         at_token_start = before not in _IDENT_BYTES
         if prev in b"eEbBxX":
             if before in _DIGITS:
@@ -385,7 +388,7 @@ class OutlineScanner:
             if at_token_start:
                 return _ESCAPE if prev in b"eE" else _QUOTE
         if prev == 0x26 and before in b"uU":  # U&'...'
-            third = buf[pos - 3] if pos - 2 > self._start else -1
+            third = buf[pos - 3] if pos - 2 > self._start else 0x20
             if third not in _IDENT_BYTES and not self._scs:
                 return None  # rejected by the server when standard_conforming_strings is off
         return _QUOTE if self._scs else _ESCAPE
