@@ -205,12 +205,10 @@ def test_work_is_linear_in_the_bytes_fed() -> None:
     """A 2 MB literal arriving in 64 kB reads is not rescanned on every read."""
     body = b"select '" + b"x" * (2 << 20) + b"'; clean connection to all\0"
     scanner = OutlineScanner()
-    calls = 0
     buf = bytearray()
     for pos in range(0, len(body), 65536):
         buf += body[pos : pos + 65536]
         scanner.feed(buf, len(buf))
-        calls += 1
         # the scanner's position never falls behind the last read by more than a token
         assert scanner._pos >= len(buf) - 1 or scanner.done
     assert scanner.done and [lead.word for lead in scanner.leads] == [b"clean"]
