@@ -67,11 +67,13 @@ _STD_QUOTED = rb"'(?:[^'\x00]++|'')*+'(?=[^'])"
 # quote, which continues the escape string) can follow: otherwise Python looks.
 _ESC_QUOTED = rb"'(?:[^'\\\x00]++|''|\\[^\x00])*+'(?=[ \t\f]*+[^ \t\f\n\r\v\-'])"
 _AT_TOKEN_START = rb"(?<![" + _IDENT + rb"])"
-_E_PREFIX = rb"(?<![0-9])[eE]"
-_BX_PREFIX = rb"(?<![0-9])[bBxX]"
+# At an iteration of the body pattern a letter starts a token, except after a digit or a
+# "$" (the end of a number, parameter or dollar quote, or a lone "$"): Python decides those.
+_E_PREFIX = rb"(?<![0-9$])[eE]"
+_BX_PREFIX = rb"(?<![0-9$])[bBxX]"
 # A plain quote: not after a prefix letter that starts a token, nor after a digit and a
 # prefix letter (``1e'..'`` is an E string to PostgreSQL 15 and an error to 16).
-_NO_PREFIX = rb"(?:(?<![eEbBxX])|(?<=[A-Za-z_$\x80-\xff][eEbBxX]))"
+_NO_PREFIX = rb"(?:(?<![eEbBxX])|(?<=[A-Za-z_\x80-\xff][eEbBxX]))"
 _DOUBLE_QUOTED = rb'"(?:[^"\x00]++|"")*+"(?=[^"])'
 _DOLLAR_QUOTED = (
     rb"\$(?P<tag>(?:["
@@ -383,8 +385,10 @@ class OutlineScanner:
         before = buf[pos - 2] if pos - 1 > self._start else 0x20
         at_token_start = before not in _IDENT_BYTES
         if prev in b"eEbBxX":
-            if before in _DIGITS:
-                return None  # 1e'..': an E string to PostgreSQL 15, an error to 16
+            if before in _DIGITS or before == 0x24:
+                # 1e'..': an E string to PostgreSQL 15, an error to 16; $e'..': "$" ends
+                # a word or stands alone, which only the tokens before it tell
+                return None
             if at_token_start:
                 return _ESCAPE if prev in b"eE" else _QUOTE
         if prev == 0x26 and before in b"uU":  # U&'...'

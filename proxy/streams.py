@@ -482,7 +482,7 @@ class FrontendStream:
             return self._inspect_query(data, pos, end, self._state.groups_sent - 1)
         if t == _PARSE:
             return self._inspect_parse(data, pos, end)
-        body = data[pos + 5 : end]
+        body = data[pos + 5 : end]  # strings are looked for within the message only
         if t == _BIND:
             portal, at = cstring_at(body, 0)
             statement, _ = cstring_at(body, at)
@@ -502,6 +502,8 @@ class FrontendStream:
             self._executes += 1
             self._syncs_since_execute = 0
         else:  # Close
+            if not body:
+                raise ProtocolViolation("invalid message format")
             name, _ = cstring_at(body, 1)
             (self._statements if body[:1] == b"S" else self._portals).pop(name, None)
         self._tracking = bool(self._statements or self._portals)
@@ -557,11 +559,8 @@ class FrontendStream:
 
     def _inspect_parse(self, data: bytes, pos: int, end: int) -> list[bytes] | None:
         """A Parse whose pre-test fired: rewrite it and remember the statement's name."""
-        try:
-            name, text_start = cstring_at(data, pos + 5)
-            text_end = data.index(b"\0", text_start, end)
-        except ValueError:
-            raise ProtocolViolation("invalid string in message") from None
+        name, text_start = cstring_at(data, pos + 5, end)
+        text_end = cstring_at(data, text_start, end)[1] - 1
         rewrite = self._rewrite(data, pos, text_start, text_end)
         self._forget_statement(name)
         if rewrite is None:
@@ -591,11 +590,8 @@ class FrontendStream:
 
     def _forget_parsed(self, data: bytes, pos: int) -> None:
         """A Parse the pre-test let through: its name no longer holds a rewritten text."""
-        try:
-            name, _ = cstring_at(data, pos + 5)
-        except ValueError:
-            raise ProtocolViolation("invalid string in message") from None
-        self._forget_statement(name)
+        end = pos + 1 + _unpack_int32(data, pos + 1)[0]
+        self._forget_statement(cstring_at(data, pos + 5, end)[0])
 
     def _forget_statement(self, name: bytes) -> None:
         """``name`` is no longer a rewritten statement."""
@@ -852,7 +848,7 @@ def _map_position(
 
 def _without_scram_plus(body: bytes) -> bytes | None:
     """An AuthenticationSASL message without SCRAM-SHA-256-PLUS, or None to keep ``body``."""
-    if _unpack_int32(body, 0)[0] != _AUTH_SASL:
+    if len(body) < 4 or _unpack_int32(body, 0)[0] != _AUTH_SASL:
         return None
     mechanisms = [m for m in body[4:].split(b"\0") if m]
     if _SCRAM_PLUS not in mechanisms:

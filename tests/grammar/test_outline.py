@@ -32,7 +32,7 @@ _VOCAB = [
     "'a;b'", "'it''s; clean'", "E'\\';clean connection'", "e'x\\\\'", "E'x'\n'\\';'",
     "$$;clean connection$$", "$x$;$y$;$x$", "foo$bar$", "$1", '"a;b"', '"x""y"',
     "-- c; clean connection\n", "/* ; */", "/* /* ; */ clean ; */", "-", "/", "*",
-    "select", "create", "function", "begin", "atomic", "end", "(", ")", "1", "e", "x",
+    "$", "$E'x'", "a$e'\\'", "select", "create", "function", "begin", "atomic", "end", "(", ")", "1", "e", "x",
     "'", '"', "$", "B'01'", "U&'a'", "N'x'", "&", "deallocate", "prepare", "discard",
 ]  # fmt: skip
 
