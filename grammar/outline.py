@@ -39,9 +39,13 @@ from dataclasses import dataclass
 #: text through. A valid CLEAN CONNECTION is a few hundred bytes at most.
 MAX_LEAD_STATEMENT = 64 * 1024
 
-#: Statements are counted one by one (in Python) up to this many per text; after that,
-#: ``;`` is consumed with the rest in C and later leads have no index.
-STATEMENT_BUDGET = 20_000
+#: Python looks at a text at most this many times, plus once per 16 bytes of it (each
+#: lead word, ``create``, string or comment holding ``;``, empty statement...); beyond
+#: that the text is uncertain. Everything else is matched in C, so the work of any read is
+#: bounded by its size, whatever the text.
+DECISION_ALLOWANCE = 10_000
+DECISIONS_PER_BYTE = 1 / 16
+MAX_LEADS = 1_000
 
 CLEAN_WORDS = frozenset({b"clean"})
 TRACKING_WORDS = frozenset({b"clean", b"deallocate", b"prepare", b"discard"})
@@ -57,46 +61,52 @@ _IDENT_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 }
 _DIGITS = frozenset(b"0123456789")
 
-# Complete constructs the body pattern consumes in C; anything else stops it.
-# Words are taken whole (with the "$" they may contain), so a "$" the pattern meets
-# otherwise always starts a token: a dollar quote or a parameter.
-_RUN = rb"[^'\"$;\-/\x00A-Za-z_\x80-\xff]++"
-_WORD_TOKEN = rb"[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*+(?=[^A-Za-z0-9_$\x80-\xff])"
-_STD_QUOTED = rb"'(?:[^'\x00]++|'')*+'(?=[^'])"
+# Complete constructs the body pattern consumes in C; anything else stops it. None of
+# them holds a ";" (a string or comment with one is opened by Python), so every ";" the
+# pattern consumes ends a statement, and counting them in the consumed bytes is exact.
+# Letters are taken with the rest: a letter after a letter is always the same word.
+_RUN = rb"[^'\"$;\-/\x00]++"
+_STD_QUOTED = rb"'(?:[^';\x00]++|'')*+'(?=[^'])"
 # An escape string, taken whole only where no continuation (a newline, then another
 # quote, which continues the escape string) can follow: otherwise Python looks.
-_ESC_QUOTED = rb"'(?:[^'\\\x00]++|''|\\[^\x00])*+'(?=[ \t\f]*+[^ \t\f\n\r\v\-'])"
-_AT_TOKEN_START = rb"(?<![" + _IDENT + rb"])"
-# At an iteration of the body pattern a letter starts a token, except after a digit or a
-# "$" (the end of a number, parameter or dollar quote, or a lone "$"): Python decides those.
-_E_PREFIX = rb"(?<![0-9$])[eE]"
-_BX_PREFIX = rb"(?<![0-9$])[bBxX]"
+_ESC_QUOTED = rb"'(?:[^'\\;\x00]++|''|\\[^;\x00])*+'(?=[ \t\f]*+[^ \t\f\n\r\v\-'])"
+# A prefix letter starts a token unless a word character comes before it; after a digit
+# or a "$" (the end of a number, or of a dollar quote, or a "$" in a word) Python decides.
+_E_PREFIX = rb"(?<=(?<![A-Za-z0-9_$\x80-\xff])[eE])"
+_BX_PREFIX = rb"(?<=(?<![A-Za-z0-9_$\x80-\xff])[bBxX])"
 # A plain quote: not after a prefix letter that starts a token, nor after a digit and a
 # prefix letter (``1e'..'`` is an E string to PostgreSQL 15 and an error to 16).
 _NO_PREFIX = rb"(?:(?<![eEbBxX])|(?<=[A-Za-z_\x80-\xff][eEbBxX]))"
-_DOUBLE_QUOTED = rb'"(?:[^"\x00]++|"")*+"(?=[^"])'
+_TOKEN_START = rb"(?<![A-Za-z0-9_$\x80-\xff])"
+_DOUBLE_QUOTED = rb'"(?:[^";\x00]++|"")*+"(?=[^"])'
 _DOLLAR_QUOTED = (
-    rb"\$(?P<tag>(?:["
+    _TOKEN_START
+    + rb"\$(?P<tag>(?:["
     + _IDENT_START
-    + rb"][A-Za-z0-9_\x80-\xff]*+)?)\$(?:[^$\x00]++|\$(?!(?P=tag)\$))*+\$(?P=tag)\$"
+    + rb"][A-Za-z0-9_\x80-\xff]*+)?)\$(?:[^$;\x00]++|\$(?!(?P=tag)\$))*+\$(?P=tag)\$"
 )
-_PARAM = rb"\$[0-9]++(?=[^0-9])"
-_LINE_COMMENT = rb"--[^\n\r\x00]*+(?=[\n\r\x00])"
-_BLOCK_COMMENT = rb"/\*(?:[^*/\x00]++|\*(?!/)|/(?!\*))*+\*/"
+_PARAM = _TOKEN_START + rb"\$[0-9]++(?=[^0-9])"
+# A "$" after a letter continues a word (PostgreSQL's ident_cont); after a digit or
+# another "$" it could also start a token: Python decides.
+_WORD_DOLLAR = rb"(?<=[A-Za-z_\x80-\xff])\$"
+_LINE_COMMENT = rb"--[^\n\r;\x00]*+(?=[\n\r\x00])"
+_BLOCK_COMMENT = rb"/\*(?:[^*/;\x00]++|\*(?!/)|/(?!\*))*+\*/"
 _MINUS = rb"-(?=[^-])"
 _SLASH = rb"/(?=[^*])"
 _SPACE_CLASS = rb" \t\n\r\f\v"
+_WORD_END = rb"(?![A-Za-z0-9_$\x80-\xff])"
 
-_body_cache: dict[tuple[bool, bytes, bool], re.Pattern[bytes]] = {}
+_body_cache: dict[tuple[bool, frozenset[bytes], bool], re.Pattern[bytes]] = {}
 
 
-def _body_pattern(scs: bool, first_letters: bytes, semicolons: bool) -> re.Pattern[bytes]:
+def _body_pattern(scs: bool, words: frozenset[bytes], semicolons: bool) -> re.Pattern[bytes]:
     """The pattern that consumes complete tokens of a statement body in one C call.
 
-    With ``semicolons``, a ``;`` is consumed too when what follows it (after spaces) can
-    start neither a comment nor a lead word.
+    With ``semicolons``, a ``;`` is consumed too when, after spaces, a token follows that
+    is visibly neither a comment, nor another ``;``, nor a word Python must judge (a lead
+    word, ``create``, or a word not yet seen whole).
     """
-    key = (scs, first_letters, semicolons)
+    key = (scs, words, semicolons)
     pattern = _body_cache.get(key)
     if pattern is not None:
         return pattern
@@ -107,24 +117,40 @@ def _body_pattern(scs: bool, first_letters: bytes, semicolons: bool) -> re.Patte
         # after "&" it could be U&'', which the server then rejects: Python decides.
         else _NO_PREFIX + rb"(?<!&)" + _ESC_QUOTED
     )
-    alternatives = [
-        _RUN,
+    # The alternatives never overlap; the most frequent come first (each failed one costs).
+    alternatives = [_RUN]
+    if semicolons:
+        judged = rb"|".join(sorted(words | {_ROUTINE_WORD}))
+        letters = bytes(sorted({w[0] for w in words | {_ROUTINE_WORD}}))
+        letters += letters.upper()
+        alternatives.append(
+            rb";(?=["
+            + _SPACE_CLASS
+            + rb"]*+(?:[^"
+            + _SPACE_CLASS
+            + rb"\-/;"
+            + letters
+            + rb"]|(?!(?i:"
+            + judged
+            + rb")"
+            + _WORD_END
+            + rb")["
+            + letters
+            + rb"][A-Za-z0-9_$\x80-\xff]{0,63}+[^A-Za-z0-9_$\x80-\xff]))"
+        )
+    alternatives += [
+        plain,
         _E_PREFIX + _ESC_QUOTED,
         _BX_PREFIX + _STD_QUOTED,
-        _WORD_TOKEN,
-        plain,
         _DOUBLE_QUOTED,
-        _LINE_COMMENT,
-        _BLOCK_COMMENT,
         _MINUS,
         _SLASH,
+        _LINE_COMMENT,
+        _BLOCK_COMMENT,
         _DOLLAR_QUOTED,
         _PARAM,
+        _WORD_DOLLAR,
     ]
-    if semicolons:
-        alternatives.append(
-            rb";(?=[" + _SPACE_CLASS + rb"]*+[^" + _SPACE_CLASS + rb"\-/" + first_letters + rb"])"
-        )
     pattern = re.compile(rb"(?:" + rb"|".join(alternatives) + rb")*+")
     _body_cache[key] = pattern
     return pattern
@@ -153,8 +179,8 @@ class Lead:
     """A statement whose first word is a lead word.
 
     ``start`` is the offset of that word; ``index`` the number of non-empty statements
-    before it (-1 when the text had more than :data:`STATEMENT_BUDGET` before it); ``end``
-    the offset of the statement's terminating ``;`` or of the text's NUL (-1 until seen). ``after_routine`` is set when a
+    before it; ``end`` the offset of the statement's terminating ``;`` or of the text's NUL
+    (-1 until seen). ``after_routine`` is set when a
     CREATE FUNCTION/PROCEDURE statement came before it in the same text (its body could
     hold this ``;``).
     """
@@ -182,10 +208,11 @@ class OutlineScanner:
 
     __slots__ = (
         "_body",
-        "_body_counting",
+        "_body_in_lead",
         "_closer",
         "_count",
         "_current",
+        "_decisions",
         "_depth",
         "_first",
         "_first_letters",
@@ -230,9 +257,10 @@ class OutlineScanner:
         self.encoding = ""  # the client encoding the text was read in, for the caller
         letters = bytes(sorted({w[0] for w in words} | {_ROUTINE_WORD[0]}))
         self._first_letters = letters + letters.upper()
-        self._body = _body_pattern(self._scs, self._first_letters, True)
-        self._body_counting = _body_pattern(self._scs, self._first_letters, False)
+        self._body = _body_pattern(self._scs, words, True)
+        self._body_in_lead = _body_pattern(self._scs, words, False)
         self._count = 0  # non-empty statements ended so far
+        self._decisions = 0
         self._first = True  # expecting the first token of a statement
         self._open: int | None = None
         self._depth = 0  # block comment nesting
@@ -261,6 +289,8 @@ class OutlineScanner:
                     break
                 c = buf[pos]
                 if c == 0x3B:  # an empty statement: no reply, not counted
+                    if not self._decide(pos):
+                        break
                     pos += 1
                     continue
                 if c == 0:
@@ -271,6 +301,8 @@ class OutlineScanner:
                     if pos + 1 >= limit:
                         break
                     if buf[pos + 1] == (0x2D if c == 0x2D else 0x2A):
+                        if not self._decide(pos):
+                            break
                         self._open, self._depth = (_LINE if c == 0x2D else _BLOCK), 0
                         pos += 2
                         continue
@@ -287,13 +319,17 @@ class OutlineScanner:
                         break
                     pos = opened
                     continue
-            counting = self._current is not None or self._count < STATEMENT_BUDGET
-            body = self._body_counting if counting else self._body
+            body = self._body if self._current is None else self._body_in_lead
+            run = pos
             pos = body.match(buf, pos, limit).end()  # type: ignore[union-attr]
+            if pos > run:
+                self._count += buf.count(b";", run, pos)
             if pos >= limit:
                 break
             c = buf[pos]
             if c == 0x3B:  # ;
+                if not self._decide(pos):
+                    break
                 self._statement_end(pos)
                 self._first = True
                 pos += 1
@@ -318,7 +354,9 @@ class OutlineScanner:
         if m.end() >= limit and m.end() - pos <= _LONGEST_WORD:
             return False  # the word may go on
         word = bytes(buf[pos : m.end()]).lower()
-        if word == _ROUTINE_WORD:
+        if not self._decide(pos):
+            return True
+        if word == _ROUTINE_WORD and not self._routine_seen:
             window_end = min(limit, pos + _ROUTINE_WINDOW)
             nul = buf.find(b"\0", pos, window_end)
             if nul < 0 and window_end < pos + _ROUTINE_WINDOW:
@@ -330,9 +368,19 @@ class OutlineScanner:
             ):
                 self._routine_seen = True
         if word in self._words:
-            index = self._count if self._count < STATEMENT_BUDGET else -1
-            self._current = Lead(word, pos, index, after_routine=self._routine_seen)
+            if len(self.leads) >= MAX_LEADS:
+                self._give_up()
+                return True
+            self._current = Lead(word, pos, self._count, after_routine=self._routine_seen)
             self.leads.append(self._current)
+        return True
+
+    def _decide(self, pos: int) -> bool:
+        """Count one look by Python at ``pos``; False (and uncertain) beyond the allowance."""
+        self._decisions += 1
+        if self._decisions > DECISION_ALLOWANCE + (pos - self._start) * DECISIONS_PER_BYTE:
+            self._give_up()
+            return False
         return True
 
     def _statement_end(self, pos: int) -> None:
@@ -349,6 +397,8 @@ class OutlineScanner:
         Returns the offset to continue from, or None when more bytes are needed.
         """
         c = buf[pos]
+        if not self._decide(pos):
+            return None
         nxt = buf[pos + 1] if pos + 1 < limit else -1
         if c == 0x2D or c == 0x2F:  # "--" or "/*" not closed yet
             if nxt < 0:
@@ -364,7 +414,9 @@ class OutlineScanner:
                 return self._give_up()
             self._open, self._closer = kind, b"'"
             return pos + 1
-        if c == 0x24:  # $ (never inside a word: the pattern takes words whole)
+        if c == 0x24:  # $
+            if pos > self._start and buf[pos - 1] in _IDENT_BYTES:
+                return self._give_up()  # after a digit or "$": a word goes on, or not
             m = _DOLLAR_OPENER.match(buf, pos, limit)
             if m is not None:
                 self._open, self._closer = _DOLLAR, bytes(m.group())
@@ -374,8 +426,6 @@ class OutlineScanner:
             if prefix.end() >= limit:
                 return None
             return pos + 1  # a lone "$" (PostgreSQL's dolqfailed rule)
-        if c in _IDENT_BYTES:
-            return None  # a word that may go on in the next read
         return self._give_up()  # pragma: no cover - the body pattern takes anything else
 
     def _quote_kind(self, buf: bytes | bytearray, pos: int) -> int | None:
