@@ -169,7 +169,9 @@ def test_sjis_name_with_a_windows_932_character(
     victims.open("target", pg.dsn(target))
     with proxy.connect() as conn:
         conn.execute("set client_encoding to 'SJIS'")
-        cur = conn.execute(f'CLEAN CONNECTION TO ALL FORCE FOR DATABASE "{name}"')
+        # psycopg's shift_jis codec lacks it too: send the client's bytes as they are
+        statement = b'CLEAN CONNECTION TO ALL FORCE FOR DATABASE "%s"' % name.encode("cp932")
+        cur = conn.execute(statement)
         assert cur.statusmessage == "CLEAN CONNECTION"
     victims.assert_fate({"target"})
 
@@ -237,9 +239,9 @@ def _bind_execute_sync(name: bytes) -> bytes:
 @pytest.mark.parametrize(
     "redefine",
     [
-        "DEALLOCATE s1; PREPARE s1 AS select 42",
-        "deallocate all; prepare S1 as select 42",
-        "DISCARD ALL; PREPARE s1 AS select 42",
+        ["DEALLOCATE s1; PREPARE s1 AS select 42"],
+        ["deallocate all; prepare S1 as select 42"],
+        ["DISCARD ALL", "PREPARE s1 AS select 42"],
     ],
 )
 def test_sql_redefinition_ends_the_tracking(
@@ -251,8 +253,9 @@ def test_sql_redefinition_ends_the_tracking(
             _parse(b"s1", b"CLEAN CONNECTION TO ALL FOR DATABASE nosuchdb_x") + b"S\0\0\0\4"
         )
         read_until_ready(sock)
-        sock.sendall(query_message(redefine))
-        assert not [m for m in read_until_ready(sock) if m[0] == b"E"]
+        for text in redefine:
+            sock.sendall(query_message(text))
+            assert not [m for m in read_until_ready(sock) if m[0] == b"E"]
         sock.sendall(_bind_execute_sync(b"s1"))
         replies = read_until_ready(sock)
     rows = [body for kind, body in replies if kind == b"D"]
