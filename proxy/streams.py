@@ -188,7 +188,6 @@ class SessionState:
                 plan.group -= by
 
 
-ReplyPlans = SessionState  # the name the reply-shaping code grew up with
 
 
 class Dialect(Protocol):
