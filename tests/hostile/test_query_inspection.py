@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -61,23 +62,32 @@ def test_oversized_password_message_is_refused_on_its_header(proxy: ProxyProcess
 
 
 def test_unauthenticated_big_messages_hold_no_memory(proxy: ProxyProcess) -> None:
-    """Four clients each start a 100 MB message before logging in and stop one byte
-    short: the proxy streams what arrives (the server refuses it) and holds nothing."""
+    """Four clients pipeline a 100 MB query behind their startup packet, before the server
+    has even asked for a password, and stop short: nothing is held for them."""
     baseline = proxy.rss_kb()
     socks = []
+    chunk = b"clean connection 1," * 100_000  # 1.9 MB
     try:
         for _ in range(4):
             sock = socket.create_connection((proxy.host, proxy.port), timeout=10)
             socks.append(sock)
-            sock.sendall(startup_packet("pw_user"))
-            assert _auth_request(sock) == 3
-            sock.sendall(b"p" + struct.pack("!I", 60_000) + b"x" * 59_000)
-        assert proxy.rss_kb() - baseline < 20_000
+            sock.sendall(startup_packet("pw_user") + b"Q" + struct.pack("!I", 100_000_004))
+            try:
+                for _ in range(4):
+                    sock.sendall(chunk)
+            except OSError:
+                pass  # refused: the server read "Q" where it expected a password
+        assert proxy.rss_kb() - baseline < 12_000
     finally:
         for sock in socks:
             sock.close()
     with proxy.connect() as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def _peak_rss_kb(proxy: ProxyProcess) -> int:
+    status = Path(f"/proc/{proxy.process.pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0])
 
 
 # --- after login: a huge query with CLEAN CONNECTION everywhere ---------------------------
@@ -105,6 +115,7 @@ def test_ten_megabyte_query_is_judged_and_others_keep_working(
     thread = threading.Thread(target=bystander, daemon=True)
     thread.start()
     baseline = proxy.rss_kb()
+    peak_before = _peak_rss_kb(proxy)
     try:
         wait_until(lambda: answered, 10, "the bystander to run")
         with proxy.connect() as conn, pytest.raises(psycopg.errors.InvalidCatalogName) as info:
@@ -112,6 +123,8 @@ def test_ten_megabyte_query_is_judged_and_others_keep_working(
         assert info.value.diag.message_primary == 'database "nosuchdb_hostile" does not exist'
         seen = len(answered)
         wait_until(lambda: len(answered) > seen, 10, "the bystander to go on")
+        # the message, a copy and the rewritten text at most (10 MB each)
+        assert _peak_rss_kb(proxy) - max(peak_before, baseline) < 3 * 10_240 + 10_000
     finally:
         stop.set()
         thread.join(10)
@@ -174,6 +187,22 @@ def test_sjis_name_with_a_windows_932_character(
         cur = conn.execute(statement)
         assert cur.statusmessage == "CLEAN CONNECTION"
     victims.assert_fate({"target"})
+
+
+def test_sjis_trail_backslash_next_to_a_windows_932_character(
+    proxy: ProxyProcess, pg: PgServer, victims: Victims, make_db: Callable[..., str]
+) -> None:
+    """表 is 0x95 0x5C in SJIS: its trail byte is a backslash to a byte-wise reader. Next
+    to ① (0x8740, which Python's shift_jis lacks) it must still not end a string early."""
+    target = make_db()
+    victims.open("bystander", pg.dsn(target))
+    literal = f"; clean connection to all force for database {target}; --"
+    text = f"select E'①表' is not null, '{literal}'".encode("cp932")
+    with proxy.connect() as conn:
+        conn.execute("set client_encoding to 'SJIS'")
+        row = conn.execute(text).fetchone()
+    assert row == (True, literal)
+    victims.assert_fate(set())
 
 
 def test_pipelined_encoding_change_is_not_guessed(
