@@ -1,17 +1,17 @@
-"""CLEAN CONNECTION on stock PostgreSQL: the rewrite, the server-side program, the audit.
+"""CLEAN CONNECTION on stock PostgreSQL: finding it, the rewrite, the audit.
 
-A valid statement is replaced, in place in the client's query string, by a ``DO`` block
-that the server runs in the caller's own session with the caller's privileges
-(DESIGN.md §4): validation in openGauss's order, the optional CHECK, then
-``pg_terminate_backend`` on the matching client backends the caller may signal, and a
-bounded wait for them to exit. The proxy then shapes that statement's replies
+The frontend stream scans each Query/Parse text of a logged-in session with a
+:class:`~grammar.outline.OutlineScanner` (:meth:`CleanConnectionDialect.scanner`), then
+asks :func:`rewrite_text` for the rewrite. Only the statements the scan found starting
+with ``clean`` are decoded (strictly, in the session's client encoding) and parsed; every
+valid one is replaced, in place, by the ``DO`` block of :mod:`proxy.clean_program`, which
+the server runs in the caller's own session with the caller's privileges (semantics in
+README.md, "CLEAN CONNECTION"). The proxy then shapes that statement's replies
 (:mod:`proxy.streams`): tag ``CLEAN CONNECTION``, no PL/pgSQL CONTEXT, and the final
-``INFO`` audit line with the counts is consumed, never forwarded.
+``INFO`` line with the counts is consumed for the audit record, never forwarded.
 
-Names are data: they are embedded as hex of the client's own bytes and decoded on the
-server with ``convert_from(decode('…', 'hex'), pg_client_encoding())``. The generated text
-is pure ASCII with no quotes or backslashes from the client, so it is inert whatever
-``standard_conforming_strings`` or the client encoding say.
+Certain or nothing: whatever the scan or the decoding cannot judge exactly is forwarded
+unchanged, and the server rejects the unknown statement as a syntax error.
 
 A string holding an *invalid* CLEAN CONNECTION is sent unchanged: the server rejects the
 whole string at the ``CLEAN`` token (nothing in it runs, the transaction state is the
