@@ -24,39 +24,50 @@ _DOLLAR_TAG = "$pgdp_clean$"
 # counted as a session (it can only be a client backend or one of its parallel workers),
 # so that CHECK is conservative and the skipped count is honest.
 _IS_SESSION = (
-    "(a.backend_type = 'client backend' OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))"
+    "(a.backend_type OPERATOR(pg_catalog.=) 'client backend'"
+    " OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))"
 )
 
 # The server-side program. Placeholders are filled with SQL produced by this module only
 # (hex literals, numbers, booleans, NULL): no client text ever reaches this template.
+#
+# It is compiled under the caller's search_path, which may name a schema where anyone can
+# create objects before pg_catalog (CVE-2018-1058). So every operator is spelled
+# OPERATOR(pg_catalog.x), every function and type is pg_catalog-qualified (record too: a
+# composite type named "record" earlier in the path would otherwise be used), and nothing
+# relies on a name looked up in the path: not IS DISTINCT FROM (it finds "=" there), not
+# an unqualified cast. Note that OPERATOR(...) has the precedence of "any other operator"
+# (above comparison), whatever the operator: parenthesize when mixing them.
 _PROGRAM = """DO {tag}
 DECLARE
-  v_db text := {database};
-  v_user text := {user};
-  v_nodes text[] := {nodes};
-  v_check boolean := {check};
-  v_force boolean := {force};
-  v_wait_seconds float8 := {wait};
-  v_check_seconds float8 := {check_wait};
-  v_super boolean;
-  v_dbid oid;
-  v_owner oid;
-  v_roleid oid;
-  v_sessions bigint;
-  v_prepared bigint;
-  v_deadline timestamptz;
-  v_pids int[] := '{{}}';
-  v_terminated int := 0;
-  v_skipped int := 0;
-  v_remaining int := 0;
-  r record;
+  v_db pg_catalog.text := {database};
+  v_user pg_catalog.text := {user};
+  v_nodes pg_catalog.text[] := {nodes};
+  v_check pg_catalog.bool := {check};
+  v_force pg_catalog.bool := {force};
+  v_wait_seconds pg_catalog.float8 := {wait};
+  v_check_seconds pg_catalog.float8 := {check_wait};
+  v_super pg_catalog.bool;
+  v_dbid pg_catalog.oid;
+  v_owner pg_catalog.oid;
+  v_roleid pg_catalog.oid;
+  v_sessions pg_catalog.int8;
+  v_prepared pg_catalog.int8;
+  v_deadline pg_catalog.timestamptz;
+  v_pids pg_catalog.int4[] := '{{}}';
+  v_terminated pg_catalog.int4 := 0;
+  v_skipped pg_catalog.int4 := 0;
+  v_remaining pg_catalog.int8 := 0;
+  r pg_catalog.record;
 BEGIN
-  SELECT rolsuper INTO v_super FROM pg_catalog.pg_roles WHERE rolname = current_user;
+  SELECT rolsuper INTO v_super FROM pg_catalog.pg_roles
+   WHERE rolname OPERATOR(pg_catalog.=) current_user;
   IF v_db IS NULL AND v_user IS NULL THEN
     RAISE EXCEPTION USING ERRCODE = '42601', MESSAGE = 'must define Database name or user name';
   END IF;
   IF v_db IS NOT NULL THEN
-    SELECT oid, datdba INTO v_dbid, v_owner FROM pg_catalog.pg_database WHERE datname = v_db;
+    SELECT oid, datdba INTO v_dbid, v_owner FROM pg_catalog.pg_database
+     WHERE datname OPERATOR(pg_catalog.=) v_db;
     IF NOT FOUND THEN
       RAISE EXCEPTION USING ERRCODE = '3D000',
         MESSAGE = pg_catalog.format('database "%s" does not exist', v_db);
@@ -70,7 +81,8 @@ BEGIN
       MESSAGE = 'must be system admin to clean pool connections';
   END IF;
   IF v_user IS NOT NULL THEN
-    SELECT oid INTO v_roleid FROM pg_catalog.pg_roles WHERE rolname = v_user;
+    SELECT oid INTO v_roleid FROM pg_catalog.pg_roles
+     WHERE rolname OPERATOR(pg_catalog.=) v_user;
     IF NOT FOUND THEN
       RAISE EXCEPTION USING ERRCODE = '42704',
         MESSAGE = pg_catalog.format('role "%s" does not exist', v_user);
@@ -82,21 +94,22 @@ BEGIN
   END IF;
 
   IF v_check THEN
-    v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => v_check_seconds);
+    v_deadline := pg_catalog.clock_timestamp()
+      OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => v_check_seconds);
     LOOP
       PERFORM pg_catalog.pg_stat_clear_snapshot();
       SELECT pg_catalog.count(*) INTO v_sessions FROM pg_catalog.pg_stat_activity a
-       WHERE {is_session} AND a.pid <> pg_catalog.pg_backend_pid()
-         AND (v_dbid IS NULL OR a.datid = v_dbid)
-         AND (v_roleid IS NULL OR a.usesysid = v_roleid);
+       WHERE {is_session} AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+         AND (v_dbid IS NULL OR a.datid OPERATOR(pg_catalog.=) v_dbid)
+         AND (v_roleid IS NULL OR a.usesysid OPERATOR(pg_catalog.=) v_roleid);
       SELECT pg_catalog.count(*) INTO v_prepared FROM pg_catalog.pg_prepared_xacts p
-       WHERE v_dbid IS NOT NULL AND p.database = v_db
-         AND (v_user IS NULL OR p.owner = v_user);
-      EXIT WHEN (v_sessions = 0 AND v_prepared = 0)
-             OR pg_catalog.clock_timestamp() >= v_deadline;
+       WHERE v_dbid IS NOT NULL AND p.database OPERATOR(pg_catalog.=) v_db
+         AND (v_user IS NULL OR p.owner OPERATOR(pg_catalog.=) v_user);
+      EXIT WHEN (v_sessions OPERATOR(pg_catalog.=) 0 AND v_prepared OPERATOR(pg_catalog.=) 0)
+             OR pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_deadline;
       PERFORM pg_catalog.pg_sleep(0.05);
     END LOOP;
-    IF v_sessions > 0 OR v_prepared > 0 THEN
+    IF v_sessions OPERATOR(pg_catalog.>) 0 OR v_prepared OPERATOR(pg_catalog.>) 0 THEN
       IF v_db IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '55006',
           MESSAGE = pg_catalog.format('role "%s" is being used by other users', v_user);
@@ -104,13 +117,16 @@ BEGIN
       RAISE EXCEPTION USING ERRCODE = '55006',
         MESSAGE = pg_catalog.format('database "%s" is being accessed by other users', v_db),
         DETAIL = CASE
-          WHEN v_sessions > 0 AND v_prepared > 0 THEN pg_catalog.format(
+          WHEN v_sessions OPERATOR(pg_catalog.>) 0 AND v_prepared OPERATOR(pg_catalog.>) 0
+          THEN pg_catalog.format(
             'There are %s other session(s) and %s prepared transaction(s) using the database.',
             v_sessions, v_prepared)
-          WHEN v_sessions = 1 THEN 'There is 1 other session using the database.'
-          WHEN v_sessions > 1 THEN pg_catalog.format(
+          WHEN v_sessions OPERATOR(pg_catalog.=) 1
+          THEN 'There is 1 other session using the database.'
+          WHEN v_sessions OPERATOR(pg_catalog.>) 1 THEN pg_catalog.format(
             'There are %s other sessions using the database.', v_sessions)
-          WHEN v_prepared = 1 THEN 'There is 1 prepared transaction using the database.'
+          WHEN v_prepared OPERATOR(pg_catalog.=) 1
+          THEN 'There is 1 prepared transaction using the database.'
           ELSE pg_catalog.format(
             'There are %s prepared transactions using the database.', v_prepared)
         END;
@@ -121,45 +137,47 @@ BEGIN
   FOR r IN
     SELECT a.pid, a.state, a.usesysid, t.rolsuper AS target_super
       FROM pg_catalog.pg_stat_activity a
-      LEFT JOIN pg_catalog.pg_roles t ON t.oid = a.usesysid
-     WHERE {is_session} AND a.pid <> pg_catalog.pg_backend_pid()
-       AND (v_dbid IS NULL OR a.datid = v_dbid)
-       AND (v_roleid IS NULL OR a.usesysid = v_roleid)
+      LEFT JOIN pg_catalog.pg_roles t ON t.oid OPERATOR(pg_catalog.=) a.usesysid
+     WHERE {is_session} AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+       AND (v_dbid IS NULL OR a.datid OPERATOR(pg_catalog.=) v_dbid)
+       AND (v_roleid IS NULL OR a.usesysid OPERATOR(pg_catalog.=) v_roleid)
   LOOP
     -- PostgreSQL's own rule (signalfuncs.c): superuser sessions need a superuser; others
     -- need the privileges of the session's role or of pg_signal_backend.
     IF NOT v_super AND (r.target_super IS NOT FALSE OR NOT (
          pg_catalog.pg_has_role(current_user, r.usesysid, 'USAGE')
          OR pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE'))) THEN
-      v_skipped := v_skipped + 1;
+      v_skipped := v_skipped OPERATOR(pg_catalog.+) 1;
       CONTINUE;
     END IF;
-    IF NOT v_force AND r.state IS DISTINCT FROM 'idle' THEN
+    IF NOT v_force AND (r.state IS NULL OR r.state OPERATOR(pg_catalog.<>) 'idle') THEN
       CONTINUE;  -- connections in use are cleared only in force mode
     END IF;
     BEGIN
       IF pg_catalog.pg_terminate_backend(r.pid) THEN
-        v_terminated := v_terminated + 1;
-        v_pids := v_pids || r.pid;
+        v_terminated := v_terminated OPERATOR(pg_catalog.+) 1;
+        v_pids := pg_catalog.array_append(v_pids, r.pid);
       END IF;
     EXCEPTION WHEN insufficient_privilege THEN
-      v_skipped := v_skipped + 1;
+      v_skipped := v_skipped OPERATOR(pg_catalog.+) 1;
     END;
   END LOOP;
-  IF v_skipped > 0 THEN
+  IF v_skipped OPERATOR(pg_catalog.>) 0 THEN
     RAISE WARNING USING MESSAGE = pg_catalog.format(
       'permission denied to terminate %s matching session(s); they were skipped', v_skipped);
   END IF;
 
-  v_deadline := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => v_wait_seconds);
+  v_deadline := pg_catalog.clock_timestamp()
+    OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => v_wait_seconds);
   LOOP
     PERFORM pg_catalog.pg_stat_clear_snapshot();
-    SELECT pg_catalog.count(*) INTO v_remaining FROM pg_catalog.pg_stat_activity
-     WHERE pid = ANY (v_pids);
-    EXIT WHEN v_remaining = 0 OR pg_catalog.clock_timestamp() >= v_deadline;
+    SELECT pg_catalog.count(*) INTO v_remaining FROM pg_catalog.pg_stat_activity a
+     WHERE a.pid OPERATOR(pg_catalog.=) ANY (v_pids);
+    EXIT WHEN v_remaining OPERATOR(pg_catalog.=) 0
+           OR pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_deadline;
     PERFORM pg_catalog.pg_sleep(0.01);
   END LOOP;
-  IF v_remaining > 0 THEN
+  IF v_remaining OPERATOR(pg_catalog.>) 0 THEN
     RAISE WARNING USING MESSAGE = pg_catalog.format(
       'clean active sessions not completed, %s remain', v_remaining);
   END IF;
