@@ -58,6 +58,7 @@ DECLARE
   v_terminated pg_catalog.int4 := 0;
   v_skipped pg_catalog.int4 := 0;
   v_remaining pg_catalog.int8 := 0;
+  v_signalled pg_catalog.bool;
   r pg_catalog.record;
 BEGIN
   SELECT rolsuper INTO v_super FROM pg_catalog.pg_roles
@@ -135,7 +136,7 @@ BEGIN
 
   PERFORM pg_catalog.pg_stat_clear_snapshot();
   FOR r IN
-    SELECT a.pid, a.state, a.usesysid, t.rolsuper AS target_super
+    SELECT a.pid, a.usesysid, t.rolsuper AS target_super
       FROM pg_catalog.pg_stat_activity a
       LEFT JOIN pg_catalog.pg_roles t ON t.oid OPERATOR(pg_catalog.=) a.usesysid
      WHERE {is_session} AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
@@ -150,11 +151,19 @@ BEGIN
       v_skipped := v_skipped OPERATOR(pg_catalog.+) 1;
       CONTINUE;
     END IF;
-    IF NOT v_force AND (r.state IS NULL OR r.state OPERATOR(pg_catalog.<>) 'idle') THEN
-      CONTINUE;  -- connections in use are cleared only in force mode
-    END IF;
     BEGIN
-      IF pg_catalog.pg_terminate_backend(r.pid) THEN
+      IF v_force THEN
+        v_signalled := pg_catalog.pg_terminate_backend(r.pid);
+      ELSE
+        -- Connections in use are cleared only in force mode. The state is read afresh
+        -- in the statement that signals, not from the snapshot above: a pooled
+        -- connection may have begun a transaction since (no row: it has exited).
+        PERFORM pg_catalog.pg_stat_clear_snapshot();
+        SELECT pg_catalog.pg_terminate_backend(s.pid) INTO v_signalled
+          FROM pg_catalog.pg_stat_get_activity(r.pid) s
+         WHERE s.state OPERATOR(pg_catalog.=) 'idle';
+      END IF;
+      IF v_signalled THEN
         v_terminated := v_terminated OPERATOR(pg_catalog.+) 1;
         v_pids := pg_catalog.array_append(v_pids, r.pid);
       END IF;
