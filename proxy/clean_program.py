@@ -73,7 +73,9 @@ BEGIN
       RAISE EXCEPTION USING ERRCODE = '3D000',
         MESSAGE = pg_catalog.format('database "%s" does not exist', v_db);
     END IF;
-    IF NOT v_super AND NOT pg_catalog.pg_has_role(current_user, v_owner, 'MEMBER') THEN
+    -- Ownership means the owner's privileges (PostgreSQL's object_ownercheck): a member
+    -- that does not inherit them (NOINHERIT, or a grant WITH INHERIT FALSE) is no owner.
+    IF NOT v_super AND NOT pg_catalog.pg_has_role(current_user, v_owner, 'USAGE') THEN
       RAISE EXCEPTION USING ERRCODE = '42501',
         MESSAGE = pg_catalog.format('must be owner of database %s', v_db);
     END IF;
