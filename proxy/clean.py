@@ -111,11 +111,18 @@ def rewrite_query(
             position=str(first_error.position).encode(),
         )
         return Rewrite(sql, syntax_fix=fix)
-    return _rewrite_valid(text, codec, statements, wait_seconds, check_seconds)
+    return _rewrite_valid(
+        text, codec, client_encoding.upper(), statements, wait_seconds, check_seconds
+    )
 
 
 def _rewrite_valid(
-    text: str, codec: str, statements: list[Statement], wait_seconds: float, check_seconds: float
+    text: str,
+    codec: str,
+    client_encoding: str,
+    statements: list[Statement],
+    wait_seconds: float,
+    check_seconds: float,
 ) -> Rewrite:
     parts: list[str] = []
     renamed: list[tuple[int, str]] = []
@@ -131,6 +138,7 @@ def _rewrite_valid(
             program = render_program(
                 statement.clean,
                 codec=codec,
+                encoding=client_encoding,
                 wait_seconds=wait_seconds,
                 check_seconds=check_seconds,
             )

@@ -7,17 +7,23 @@ backends the caller may signal, a bounded wait for them to exit, and a final ``I
 carrying the counts (consumed by the proxy, never forwarded).
 
 The generated text is pure ASCII. Names are data: they are embedded as hex of the client's
-own bytes and decoded on the server, so no quote or backslash from the client ever reaches
-the program, whatever ``standard_conforming_strings`` or the client encoding say.
+own bytes and decoded on the server from the client encoding in force when the statement
+arrived, so no quote or backslash from the client ever reaches the program, whatever
+``standard_conforming_strings`` or the client encoding say.
 """
 
 from __future__ import annotations
+
+import re
 
 from grammar import CleanConnection
 
 from .streams import AUDIT_MARKER
 
 _DOLLAR_TAG = "$pgdp_clean$"
+
+# PostgreSQL's canonical encoding names, as the server reports client_encoding.
+_ENCODING_NAME = re.compile(r"[A-Z0-9_]+")
 
 # Client backends. PostgreSQL hides backend_type (and state) of other roles' sessions from
 # a caller without their privileges or pg_read_all_stats; such a row with a role is
@@ -198,24 +204,45 @@ END
 {tag}"""
 
 
-def _text_literal(value: str | None, codec: str) -> str:
-    """``value`` as the client's own bytes in hex, decoded on the server; or NULL."""
+def _text_literal(value: str | None, codec: str, encoding: str) -> str:
+    """``value`` as the client's own bytes in hex, decoded on the server from ``encoding``;
+    or NULL."""
     if value is None:
         return "NULL"
-    return f"pg_catalog.convert_from(pg_catalog.decode('{value.encode(codec).hex()}', 'hex'), pg_catalog.pg_client_encoding())"
+    return (
+        f"pg_catalog.convert_from(pg_catalog.decode('{value.encode(codec).hex()}', 'hex'),"
+        f" '{encoding}')"
+    )
 
 
 def render_program(
-    statement: CleanConnection, *, codec: str, wait_seconds: float, check_seconds: float
+    statement: CleanConnection,
+    *,
+    codec: str,
+    encoding: str,
+    wait_seconds: float,
+    check_seconds: float,
 ) -> str:
-    """The DO block implementing ``statement`` (ASCII only, no client text inside)."""
+    """The DO block implementing ``statement`` (ASCII only, no client text inside).
+
+    ``codec`` is the Python codec that turns the parsed names back into the client's bytes;
+    ``encoding`` is the PostgreSQL name of the client encoding in force when the server
+    received the statement (``UTF8``, ``SJIS``, ``LATIN1``...), in which the server decodes
+    them. It is embedded as a literal: PostgreSQL converts a whole query string with the
+    encoding in force on arrival, so a ``SET client_encoding`` earlier in the same string
+    must not change how the names are read. Raises :class:`ValueError` unless ``encoding``
+    is made of ``A-Z``, ``0-9`` and ``_`` only.
+    """
+    if not _ENCODING_NAME.fullmatch(encoding):
+        raise ValueError(f"not a PostgreSQL encoding name: {encoding!r}")
     nodes = "NULL"
     if statement.target != "all":
-        nodes = "ARRAY[" + ", ".join(_text_literal(n, codec) for n in statement.nodes) + "]"
+        names = (_text_literal(n, codec, encoding) for n in statement.nodes)
+        nodes = "ARRAY[" + ", ".join(names) + "]"
     return _PROGRAM.format(
         tag=_DOLLAR_TAG,
-        database=_text_literal(statement.database, codec),
-        user=_text_literal(statement.user, codec),
+        database=_text_literal(statement.database, codec, encoding),
+        user=_text_literal(statement.user, codec, encoding),
         nodes=nodes,
         check="true" if statement.check else "false",
         force="true" if statement.force else "false",

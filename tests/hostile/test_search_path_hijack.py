@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from grammar import split_statements
+from grammar import parse_clean_connection
 from proxy.clean_program import render_program
 from tests.conftest import PgServer, ProxyProcess, proxy_in_front_of
 from tests.e2e.victims import Victims
@@ -496,9 +496,13 @@ _KEYWORDS = {"AND", "OR", "NOT", "WHERE", "WHEN", "THEN", "ELSE", "IF", "IN", "A
 
 
 def _program(statement: str) -> str:
-    (parsed,) = split_statements(statement)
-    assert parsed.clean is not None
-    return render_program(parsed.clean, codec="utf-8", wait_seconds=15.0, check_seconds=5.0)
+    return render_program(
+        parse_clean_connection(statement),
+        codec="utf-8",
+        encoding="UTF8",
+        wait_seconds=15.0,
+        check_seconds=5.0,
+    )
 
 
 def _code(program: str) -> str:
