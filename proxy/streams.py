@@ -188,8 +188,6 @@ class SessionState:
                 plan.group -= by
 
 
-
-
 class Dialect(Protocol):
     """The statements a session rewrites: what the frontend stream calls, and when.
 
