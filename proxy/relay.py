@@ -18,6 +18,7 @@ import ssl
 from collections.abc import Callable
 
 from .config import Address, Config
+from .logfmt import value
 from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
 from .upstream import UpstreamError, UpstreamTLS, connect_upstream, forward_cancel
 from .wire import ProtocolViolation, StartupPacket, error_response
@@ -188,7 +189,7 @@ class ClientProtocol(asyncio.Protocol):
                 ssl_handshake_timeout=self._config.connect_timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            log.warning("%s TLS handshake failed: %s", session.describe(), exc)
+            log.warning("%s TLS handshake failed: %s", session.describe(), value(str(exc)))
             self._transport.abort()
             return
         if transport is None:  # the connection closed during the handshake
@@ -239,7 +240,7 @@ class ClientProtocol(asyncio.Protocol):
         log.info(
             "%s opened app=%s upstream=%s%s",
             session.describe(),
-            session.application_name or "-",
+            value(session.application_name) if session.application_name else "-",
             self._upstream,
             " (tls)" if encrypted else "",
         )
@@ -283,7 +284,7 @@ class ClientProtocol(asyncio.Protocol):
     def _protocol_violation(self, exc: ProtocolViolation) -> None:
         session = self.session
         assert session is not None and self._transport is not None
-        log.warning("%s protocol violation: %s", session.describe(), exc)
+        log.warning("%s protocol violation: %s", session.describe(), value(str(exc)))
         # A reply is only possible where it cannot land inside a server message.
         if session.backend is None or session.backend.at_message_boundary():
             self._transport.write(error_response(exc.sqlstate, str(exc), severity="FATAL"))
@@ -321,7 +322,11 @@ class ServerProtocol(asyncio.Protocol):
             chunks = self._feed(data)  # type: ignore[misc]
         except ProtocolViolation as exc:
             client = self._client
-            log.error("%s server protocol violation: %s", client.session.describe(), exc)  # type: ignore[union-attr]
+            log.error(
+                "%s server protocol violation: %s",
+                client.session.describe(),  # type: ignore[union-attr]
+                value(str(exc)),
+            )
             self.abort()
             client.abort()
             return

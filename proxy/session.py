@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from .logfmt import value
 from .streams import BackendStream, Dialect, FrontendStream, SessionState, ShapedStatement
 from .wire import ProtocolViolation, StartupKind, StartupPacket, StartupParser
 
@@ -110,9 +111,11 @@ class Session:
         return time.monotonic() - self.started
 
     def describe(self) -> str:
-        """``key=value`` fields for log lines (never credentials)."""
+        """``key=value`` fields for log lines (never credentials). The client's own text
+        is escaped (:func:`proxy.logfmt.value`): it cannot add fields or lines."""
         return (
-            f"conn={self.connection_id} client={self.client_address} "
-            f"user={self.user or '-'} db={self.database or '-'}"
+            f"conn={self.connection_id} client={value(self.client_address)} "
+            f"user={value(self.user) if self.user else '-'} "
+            f"db={value(self.database) if self.database else '-'}"
             + (" tls=on" if self.tls_active else "")
         )
