@@ -8,10 +8,10 @@ this module moves bytes, applies flow control and closes things:
   idempotent). Memory per session stays bounded by the marks plus one read.
 * Closing either side closes the other after its pending writes are flushed; a client
   that vanishes, or half-closes, takes its server connection (and so its backend) with it.
-* A client has ``client_login_timeout`` seconds to log in (one timer, cancelled at the
-  server's first ReadyForQuery). Where the proxy ends a connection itself, the client is
-  told why with a FATAL ErrorResponse when one cannot land inside a server message or a
-  TLS handshake.
+* Limits: a client has ``client_login_timeout`` seconds to log in (one timer, cancelled at
+  the server's first ReadyForQuery); a client over ``max_client_conn`` is refused after its
+  startup packet. Where the proxy ends a connection itself, the client is told why with a
+  FATAL ErrorResponse when one cannot land inside a server message or a TLS handshake.
 * Nothing raised while handling received bytes escapes a protocol callback: a protocol
   violation is answered (FATAL 08P01), anything else logged; that connection is closed.
 """
@@ -32,6 +32,7 @@ from .wire import ProtocolViolation, StartupKind, StartupPacket, error_response
 log = logging.getLogger("pgdp.session")
 
 LOGIN_TIMEOUT = error_response("57014", "canceling authentication due to timeout", severity="FATAL")
+TOO_MANY_CLIENTS = error_response("53300", "sorry, too many clients already", severity="FATAL")
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -59,7 +60,11 @@ class PlaintextAfterEncryptionRequest(ProtocolViolation):
 
 
 class ClientProtocol(asyncio.Protocol):
-    """The client's socket. Created by the listener for each accepted connection."""
+    """The client's socket. Created by the listener for each accepted connection.
+
+    ``on_refused`` set means the client is over ``max_client_conn``: it is refused
+    (53300) after its startup packet, and ``on_refused()`` is called then.
+    """
 
     __slots__ = (
         "_config",
@@ -69,6 +74,7 @@ class ClientProtocol(asyncio.Protocol):
         "_login_timer",
         "_lost",
         "_on_close",
+        "_on_refused",
         "_rest",
         "_server",
         "_server_write",
@@ -90,8 +96,10 @@ class ClientProtocol(asyncio.Protocol):
         on_close: Callable[[ClientProtocol], None],
         tls: ssl.SSLContext | None = None,
         upstream_tls: UpstreamTLS | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._on_refused = on_refused
         self._tls = tls
         self._upstream_tls = upstream_tls
         self._upstream = upstream
@@ -117,7 +125,8 @@ class ClientProtocol(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.session = self._session_factory(_peer(transport))
-        self.session.tls_available = self._tls is not None
+        # A refused client gets no TLS: no handshake work for a connection about to close.
+        self.session.tls_available = self._tls is not None and self._on_refused is None
         self._login_timer = asyncio.get_running_loop().call_later(
             self._config.client_login_timeout, self._login_timed_out
         )
@@ -212,10 +221,20 @@ class ClientProtocol(asyncio.Protocol):
                 self._cancel_login_timer()  # forwarding has its own timeout
                 asyncio.get_running_loop().create_task(self._forward_cancel(packet))
                 return
+            if self._on_refused is not None:
+                self._refuse()
+                return
             self._rest = data
             self._transport.pause_reading()
             asyncio.get_running_loop().create_task(self._connect(packet))
             return
+
+    def _refuse(self) -> None:
+        """Over ``max_client_conn``: 53300 as PostgreSQL says it, no server connection."""
+        assert self._on_refused is not None
+        self._on_refused()
+        self._ending = True
+        self.terminate(TOO_MANY_CLIENTS, abort_server=True)
 
     async def _start_tls(self) -> None:
         """The server side of the TLS handshake; startup continues on the TLS transport."""
@@ -339,6 +358,11 @@ class ClientProtocol(asyncio.Protocol):
         self._transport.resume_reading()
 
     # --- helpers used by the server side ---------------------------------------------
+
+    @property
+    def over_limit(self) -> bool:
+        """This client came over ``max_client_conn`` and is (to be) refused."""
+        return self._on_refused is not None
 
     @property
     def server_bytes_in(self) -> int:

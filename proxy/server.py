@@ -1,4 +1,10 @@
-"""The listener, the registry of live sessions, signals and graceful shutdown."""
+"""The listener, the registry of live sessions, signals and graceful shutdown.
+
+Clients over ``max_client_conn`` (every open connection counts, whatever its phase) are
+still accepted, to be told ``53300 sorry, too many clients already`` after their startup
+packet as PostgreSQL does; their CancelRequests are forwarded. Refusals are logged at most
+once per ``LOG_INTERVAL`` seconds, with their count.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import signal
 import ssl
 
 from .config import Address, Config
+from .logfmt import RateLimitedLog
 from .relay import ClientProtocol
 from .session import Session
 from .streams import Dialect
@@ -15,6 +22,8 @@ from .upstream import UpstreamTLS
 
 log = logging.getLogger("pgdp.server")
 session_log = logging.getLogger("pgdp.session")
+
+LOG_INTERVAL = 10.0  # seconds between two lines about the same repeated event
 
 
 class ListenError(OSError):
@@ -45,6 +54,8 @@ class ProxyServer:
         self.upstream = upstream
         self._dialect = dialect
         self.clients: set[ClientProtocol] = set()
+        self._admitted = 0  # clients in ``clients`` not over max_client_conn
+        self._refusals = RateLimitedLog(self._log_refusals, LOG_INTERVAL)
         self._server: asyncio.base_events.Server | None = None
         self._stopped = asyncio.Event()
         self._all_closed = asyncio.Event()
@@ -77,6 +88,7 @@ class ProxyServer:
         return bound
 
     def _new_client(self) -> ClientProtocol:
+        over_limit = self._admitted >= self.config.max_client_conn
         client = ClientProtocol(
             self.config,
             self.upstream,
@@ -84,7 +96,10 @@ class ProxyServer:
             self._client_closed,
             self._tls,
             self._upstream_tls,
+            on_refused=self._refusals if over_limit else None,
         )
+        if not over_limit:
+            self._admitted += 1
         self.clients.add(client)
         self._all_closed.clear()
         return client
@@ -96,11 +111,21 @@ class ProxyServer:
             dialect=self._dialect,
         )
 
+    def _log_refusals(self, count: int) -> None:
+        log.warning(
+            "too many clients already (max-client-conn %d): %d connection(s) refused "
+            "since the last report",
+            self.config.max_client_conn,
+            count,
+        )
+
     def _client_closed(self, client: ClientProtocol) -> None:
         if client in self.clients:
             self.clients.discard(client)
+            if not client.over_limit:
+                self._admitted -= 1
         session = client.session
-        if session is not None and session.user:
+        if session is not None and session.user and not client.over_limit:
             session_log.info(
                 "%s closed duration=%.3fs bytes_in=%d bytes_out=%d",
                 session.describe(),
