@@ -33,6 +33,9 @@ log = logging.getLogger("pgdp.session")
 
 LOGIN_TIMEOUT = error_response("57014", "canceling authentication due to timeout", severity="FATAL")
 TOO_MANY_CLIENTS = error_response("53300", "sorry, too many clients already", severity="FATAL")
+ADMIN_SHUTDOWN = error_response(
+    "57P01", "terminating connection due to administrator command", severity="FATAL"
+)
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024

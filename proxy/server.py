@@ -15,7 +15,7 @@ import ssl
 
 from .config import Address, Config
 from .logfmt import RateLimitedLog
-from .relay import ClientProtocol
+from .relay import ADMIN_SHUTDOWN, ClientProtocol
 from .session import Session
 from .streams import Dialect
 from .upstream import UpstreamTLS
@@ -24,6 +24,7 @@ log = logging.getLogger("pgdp.server")
 session_log = logging.getLogger("pgdp.session")
 
 LOG_INTERVAL = 10.0  # seconds between two lines about the same repeated event
+CLOSE_GRACE = 1.0  # seconds sessions told to end get to flush before they are aborted
 
 
 class ListenError(OSError):
@@ -164,8 +165,19 @@ class ProxyServer:
                 async with asyncio.timeout(self.config.shutdown_timeout):
                     await self._all_closed.wait()
             except TimeoutError:
-                log.warning("closing %d sessions still open", len(self.clients))
-                for client in list(self.clients):
-                    client.abort()
+                await self._end_sessions()
         if self._server is not None:
             await self._server.wait_closed()
+
+    async def _end_sessions(self) -> None:
+        """After ``shutdown_timeout``: tell every session still open, as PostgreSQL does
+        (57P01), close it and its server leg; abort what has not closed within CLOSE_GRACE."""
+        log.warning("closing %d sessions still open", len(self.clients))
+        for client in list(self.clients):
+            client.terminate(ADMIN_SHUTDOWN, abort_server=False)
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._all_closed.wait()
+        except TimeoutError:
+            for client in list(self.clients):
+                client.abort()
