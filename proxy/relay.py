@@ -401,14 +401,13 @@ class ClientProtocol(asyncio.Protocol):
         pending writes, and abort the server leg (or close it, ``abort_server=False``).
         During a TLS handshake nothing can be said: the connection is aborted."""
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if self._handshaking:
-            transport.abort()
-        else:
-            if error is not None and self._can_reply():
-                transport.write(error)
-            transport.close()
+        if transport is not None and not transport.is_closing():
+            if self._handshaking:
+                transport.abort()
+            else:
+                if error is not None and self._can_reply():
+                    transport.write(error)
+                transport.close()
         server = self._server
         if server is not None:
             if abort_server:
