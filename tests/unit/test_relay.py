@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import logging
 import struct
-from collections.abc import Callable
 
 import pytest
 
@@ -72,9 +71,7 @@ class Relay:
     session: Session
 
 
-async def relay(
-    monkeypatch: pytest.MonkeyPatch, prepare: Callable[[Session], None] = lambda session: None
-) -> Relay:
+async def relay(monkeypatch: pytest.MonkeyPatch) -> Relay:
     """A client past its startup packet, relaying to a fake server connection."""
     server_transport = FakeTransport()
     servers: list[ServerProtocol] = []
@@ -88,9 +85,7 @@ async def relay(
     monkeypatch.setattr(proxy.relay, "connect_upstream", connect_upstream)
 
     def new_session(address: str) -> Session:
-        session = Session(client_address=address, max_message_size=1 << 20)
-        prepare(session)
-        return session
+        return Session(client_address=address, max_message_size=1 << 20)
 
     config = load_config(["--upstream", "127.0.0.1:5432"], {})
     client = ClientProtocol(config, Address("127.0.0.1", 5432), new_session, lambda c: None)
@@ -123,16 +118,13 @@ async def test_login_timer_cancelled_and_hot_path_unwrapped(
 async def test_bug_on_client_bytes_closes_that_connection(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def prepare(session: Session) -> None:
-        session.might_rewrite = lambda body: True
-
-        def rewrite(sql: bytes) -> None:
-            raise RuntimeError("boom\nforged line")
-
-        session.rewrite = rewrite  # type: ignore[assignment]
-
-    r = await relay(monkeypatch, prepare)
+    r = await relay(monkeypatch)
     r.server.data_received(AUTH_OK + READY)
+
+    def broken(data: bytes) -> list[bytes]:
+        raise RuntimeError("boom\nforged line")
+
+    r.client._feed = broken  # the frontend stream, as cached when the relay started
     with caplog.at_level(logging.ERROR, "pgdp.session"):
         r.client.data_received(query_message("select 1"))  # must not raise
     (record,) = caplog.records
@@ -152,7 +144,7 @@ async def test_bug_on_server_bytes_closes_that_connection(
     def broken(data: bytes) -> list[bytes]:
         raise KeyError("boom")
 
-    r.server._feed = broken
+    r.server._feed = broken  # the backend stream, as cached when the relay started
     with caplog.at_level(logging.ERROR, "pgdp.session"):
         r.server.data_received(AUTH_OK)  # must not raise
     (record,) = caplog.records
