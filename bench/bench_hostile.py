@@ -58,6 +58,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -84,6 +85,9 @@ from _common import (
     status_kb,
 )
 
+LOG_RECORD = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+) "
+)
 ROLE = "hostile_scram"
 PASSWORD = "hostile secret"
 MB = 1_000_000
@@ -519,6 +523,7 @@ def run_attack(
         outcome.rss_peak_kb = max(hwm or 0, poller.peak_kb)
         end = time.monotonic()
         observers.stop()
+        outcome.notes += log_notes(run.logfile)
         latencies, failed = observers.latencies(start, end)
         outcome.observer_failed = failed
         outcome.observer_count = len(latencies)
@@ -534,6 +539,28 @@ def observer_cpu_rate(pid: int, seconds: float = 1.0) -> float:
     before, start = cpu_seconds(pid), time.monotonic()
     time.sleep(seconds)
     return (cpu_seconds(pid) - before) / (time.monotonic() - start)
+
+
+def log_notes(logfile: Path, limit: int = 3) -> list[str]:
+    """What the proxy logged: distinct warning/error messages and the last line of each
+    traceback (the exception), trimmed, with counts."""
+    found: dict[str, int] = {}
+    in_traceback = False
+    for line in logfile.read_text(errors="replace").splitlines():
+        record = LOG_RECORD.match(line)
+        if record:
+            in_traceback = False
+            text = re.sub(r"conn=\d+ client=\S+ ", "", line[record.end() :])
+            text = re.sub(r"\d+", "N", text)[:90]
+            found[f"{record.group(1)} {text}"] = found.get(f"{record.group(1)} {text}", 0) + 1
+        elif line.startswith("Traceback"):
+            in_traceback = True
+        elif in_traceback and line and not line.startswith((" ", "During handling")):
+            found[f"exception {line[:110]}"] = found.get(f"exception {line[:110]}", 0) + 1
+    notes = [
+        f"log: {text}" + (f" (x{count})" if count > 1 else "") for text, count in found.items()
+    ]
+    return notes[:limit] + ([f"log: {len(notes) - limit} more"] if len(notes) > limit else [])
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -615,6 +642,7 @@ def run_hold(src: Path, server: Target, scratch: Path, args) -> HoldOutcome:
             outcome.notes.append("proxy killed at the RSS cap")
         end = time.monotonic()
         observers.stop()
+        outcome.notes += log_notes(run.logfile)
         latencies, _ = observers.latencies(start, end)
         if latencies:
             latencies.sort()
