@@ -51,8 +51,8 @@ StartProxy = Callable[..., ProxyProcess]
 
 BATCH = 250
 WORKERS = 24
-CONNECTIONS = {"embedded": 2500}  # per server kind; others get DEFAULT_CONNECTIONS
-DEFAULT_CONNECTIONS = 1250
+CONNECTIONS = {"embedded": 3000}  # per server kind; others get DEFAULT_CONNECTIONS
+DEFAULT_CONNECTIONS = 2000
 SOCKET_TIMEOUT = 2.0  # login and sends
 READ_TIMEOUT = 0.3  # "read until closed" endings
 SETTLE_TIMEOUT = 3.0  # for the proxy to close both sockets of every finished connection
