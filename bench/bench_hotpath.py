@@ -45,6 +45,7 @@ No assertions: this prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -56,7 +57,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
@@ -271,16 +271,24 @@ def trips_per_transaction(workload: str) -> int:
 def _make_streams() -> tuple[Feed, Feed]:
     """The frontend and backend ``feed`` of a session past login, built as the proxy does.
 
-    The one place that knows the construction API (it is about to change).
+    The one place that knows the construction API, in both of its forms: the session holds
+    the dialect (``Session(..., dialect=...)``, since the hostile-input fix), or the dialect
+    attaches its hooks to the session (before it).
     """
     from proxy.clean import CleanConnectionDialect
     from proxy.session import Session
     from proxy.wire import StartupKind, StartupPacket
 
-    session = Session(client_address="127.0.0.1:5555", max_message_size=0x3FFFFFFF)
-    dialect = CleanConnectionDialect()
-    dialect.attach(session)
-    session.might_rewrite = dialect.might_rewrite
+    address, limit = "127.0.0.1:5555", 0x3FFFFFFF
+    if "dialect" in {f.name for f in dataclasses.fields(Session)}:
+        session = Session(
+            client_address=address, max_message_size=limit, dialect=CleanConnectionDialect()
+        )
+    else:
+        session = Session(client_address=address, max_message_size=limit)
+        dialect = CleanConnectionDialect()
+        dialect.attach(session)  # type: ignore[attr-defined]
+        session.might_rewrite = dialect.might_rewrite  # type: ignore[attr-defined]
     session.on_startup_packet(StartupPacket(StartupKind.STARTUP, _startup("postgres", "bench")))
     frontend, backend = session.frontend, session.backend
     assert frontend is not None and backend is not None
@@ -355,7 +363,7 @@ def worker(args: argparse.Namespace) -> None:
 # --- driver ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Row:
     """One workload measured with one source tree (per transaction)."""
 
