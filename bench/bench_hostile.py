@@ -3,6 +3,7 @@ and how much memory it takes.
 
 Run: ``.venv/bin/python bench/bench_hostile.py [--proxy-src DIR] [--sizes 1 10 100]
 [--modes before-login after-login] [--variants mixed pure many] [--observers 4]
+[--direct-observers 2]
 [--limit 120] [--rss-cap-gb 12] [--hold-mb 500] [--hold-connections 4] [--no-hold]``
 
 Starts its own PostgreSQL 18 (embedded, ``fsync=off``) with a role ``hostile_scram`` that
@@ -15,6 +16,9 @@ Per attack:
 * ``--observers`` sessions (psycopg, superuser, through the proxy) run ``select 1`` every
   5 ms (back to back when late) and record every latency; a warm-up of 20 queries each and
   1 s measuring the proxy's CPU rate under the observers alone precede the attack.
+  ``--direct-observers`` control sessions do the same straight to PostgreSQL: what the busy
+  machine and server cost everyone (``direct worst ms``); a proxy stall is what the
+  proxy's observers see beyond that.
 * One attacker (raw socket) sends a single Query message of ``size`` MB:
   - ``before-login``: StartupMessage for ``hostile_scram``, waits for the server's
     AuthenticationSASL request, then sends the Query instead of a password;
@@ -221,18 +225,23 @@ class Sample:
     start: float  # time.monotonic(): CLOCK_MONOTONIC, the same clock in every process
     end: float
     failed: bool = False
+    direct: bool = False  # a control session straight to PostgreSQL
 
 
-def observe(dsn: str, count: int, interval: float) -> None:
-    """Child process: ``count`` sessions running ``select 1`` every ``interval`` seconds (or
-    back to back when late), each in its own thread; prints ``ready`` after a warm-up of 20
-    queries each, and on ``stop`` from stdin the samples as JSON lines.
+def observe(dsn: str, count: int, direct_dsn: str, direct_count: int, interval: float) -> None:
+    """Child process: ``count`` sessions through the proxy and ``direct_count`` control
+    sessions straight to PostgreSQL, each in its own thread, run ``select 1`` every
+    ``interval`` seconds (or back to back when late); prints ``ready`` after a warm-up of
+    20 queries each, and on ``stop`` from stdin the samples as JSON lines.
 
     Paced rather than flat out, so that the observers' own load on the proxy and the two
     cores stays small while any stall longer than the interval still shows in the latency
-    of the query caught in it.
+    of the query caught in it. The control sessions show what the machine and the server
+    (busy parsing the attacker's text) cost everyone, proxy or not.
     """
     conns = [psycopg.connect(dsn, autocommit=True) for _ in range(count)]
+    conns += [psycopg.connect(direct_dsn, autocommit=True) for _ in range(direct_count)]
+    count += direct_count
     samples: list[list[Sample]] = [[] for _ in range(count)]
     stop = threading.Event()
 
@@ -244,10 +253,10 @@ def observe(dsn: str, count: int, interval: float) -> None:
             try:
                 conn.execute("select 1").fetchone()
             except psycopg.Error:
-                series.append(Sample(start, time.monotonic(), failed=True))
+                series.append(Sample(start, time.monotonic(), True, index >= count - direct_count))
                 return
             end = time.monotonic()
-            series.append(Sample(start, end))
+            series.append(Sample(start, end, False, index >= count - direct_count))
             due = max(due + interval, end)
             if due > end:
                 stop.wait(due - end)
@@ -264,7 +273,7 @@ def observe(dsn: str, count: int, interval: float) -> None:
         thread.join(30)
     for series in samples:
         for sample in series:
-            print(json.dumps([sample.start, sample.end, sample.failed]))
+            print(json.dumps([sample.start, sample.end, sample.failed, sample.direct]))
     sys.stdout.flush()
     os._exit(0)  # do not wait for a connection stuck in a killed proxy
 
@@ -272,7 +281,9 @@ def observe(dsn: str, count: int, interval: float) -> None:
 class Observers:
     """The observer child process (see :func:`observe`) and a probe session of our own."""
 
-    def __init__(self, target: Target, count: int, interval: float = 0.005) -> None:
+    def __init__(
+        self, target: Target, count: int, server: Target, direct: int, interval: float = 0.005
+    ) -> None:
         self.target = target
         self.samples: list[Sample] = []
         self._child = subprocess.Popen(
@@ -283,6 +294,10 @@ class Observers:
                 target.dsn("postgres", "postgres"),
                 "--observers",
                 str(count),
+                "--observe-direct",
+                server.dsn("postgres", "postgres"),
+                "--direct-observers",
+                str(direct),
                 "--interval",
                 str(interval),
             ],
@@ -320,12 +335,14 @@ class Observers:
             self._probe.sock.close()
         out, _ = self._child.communicate("stop\n", timeout=60)
         for line in out.splitlines():
-            start, end, failed = json.loads(line)
-            self.samples.append(Sample(start, end, failed))
+            self.samples.append(Sample(*json.loads(line)))
 
-    def latencies(self, start: float, end: float) -> tuple[list[float], bool]:
-        """Latencies (s) of the queries overlapping [start, end]; whether any failed."""
-        picked = [s for s in self.samples if s.end >= start and s.start <= end]
+    def latencies(self, start: float, end: float, direct: bool = False) -> tuple[list[float], bool]:
+        """Latencies (s) of the proxy's (or the control sessions') queries overlapping
+        [start, end]; whether any failed."""
+        picked = [
+            s for s in self.samples if s.direct == direct and s.end >= start and s.start <= end
+        ]
         return [s.end - s.start for s in picked], any(s.failed for s in picked)
 
 
@@ -390,6 +407,7 @@ class Outcome:
     observer_worst_ms: float = 0.0
     observer_p99_ms: float = 0.0
     observer_failed: bool = False
+    direct_worst_ms: float = 0.0  # control sessions straight to PostgreSQL
     rss_before_kb: int = 0
     rss_peak_kb: int = 0
     rss_after_kb: int | None = None
@@ -487,7 +505,7 @@ def run_attack(
     text = attack_text(variant, int(size_mb * MB))
     with proxy_from(src, server, scratch) as run:
         pid = run.process.pid
-        observers = Observers(run.target, args.observers)
+        observers = Observers(run.target, args.observers, server, args.direct_observers)
         observers.start()
         poller = Poller(run, int(args.rss_cap_gb * 1024 * 1024))
         idle_rate = observer_cpu_rate(pid)
@@ -527,6 +545,7 @@ def run_attack(
         latencies, failed = observers.latencies(start, end)
         outcome.observer_failed = failed
         outcome.observer_count = len(latencies)
+        outcome.direct_worst_ms = max(observers.latencies(start, end, True)[0], default=0) * 1000
         if latencies:
             latencies.sort()
             outcome.observer_worst_ms = latencies[-1] * 1000
@@ -585,6 +604,7 @@ class HoldOutcome:
     settled: bool = False
     observer_worst_ms: float = 0.0
     observer_p99_ms: float = 0.0
+    direct_worst_ms: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -597,7 +617,7 @@ def run_hold(src: Path, server: Target, scratch: Path, args) -> HoldOutcome:
     payload = memoryview(message)[:-1]  # the last byte is held back
     with proxy_from(src, server, scratch) as run:
         pid = run.process.pid
-        observers = Observers(run.target, args.observers)
+        observers = Observers(run.target, args.observers, server, args.direct_observers)
         observers.start()
         poller = Poller(run, int(args.rss_cap_gb * 1024 * 1024))
         outcome.rss_before_kb = status_kb(pid, "VmRSS") or 0
@@ -644,6 +664,7 @@ def run_hold(src: Path, server: Target, scratch: Path, args) -> HoldOutcome:
         observers.stop()
         outcome.notes += log_notes(run.logfile)
         latencies, _ = observers.latencies(start, end)
+        outcome.direct_worst_ms = max(observers.latencies(start, end, True)[0], default=0) * 1000
         if latencies:
             latencies.sort()
             outcome.observer_worst_ms = latencies[-1] * 1000
@@ -671,9 +692,10 @@ def print_attacks(outcomes: list[Outcome], args, src: Path) -> None:
     print()
     print(
         "| mode | variant | size MB | sent MB | send s | answer s | answer | observer "
-        "queries | worst ms | p99 ms | RSS before MiB | peak MiB | after MiB | attack CPU s |"
+        "queries | worst ms | p99 ms | direct worst ms | RSS before MiB | peak MiB | after MiB "
+        "| attack CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for o in outcomes:
         if o.killed_at_cap:
             answer_s = f"killed at cap ({o.send_s + (o.answer_s or 0):.0f} s)"
@@ -687,7 +709,7 @@ def print_attacks(outcomes: list[Outcome], args, src: Path) -> None:
         print(
             f"| {o.mode} | {o.variant} | {o.size_mb:g} | {o.sent_bytes / MB:.1f} | "
             f"{o.send_s:.2f} | {answer_s} | {answer.replace('|', '/')} | {o.observer_count} | "
-            f"{worst} | {o.observer_p99_ms:.1f} | {_mib(o.rss_before_kb)} | "
+            f"{worst} | {o.observer_p99_ms:.1f} | {o.direct_worst_ms:.1f} | {_mib(o.rss_before_kb)} | "
             f"{_mib(o.rss_peak_kb)} | {after} | {_seconds(o.proxy_cpu_s)} |"
         )
     print()
@@ -706,14 +728,15 @@ def print_hold(outcome: HoldOutcome, src: Path) -> None:
     )
     print()
     print(
-        "| accepted MB per connection | send s | observers worst ms | p99 ms | RSS before MiB "
-        "| RSS during MiB | peak MiB | RSS after close MiB | notes |"
+        "| accepted MB per connection | send s | observers worst ms | p99 ms | direct worst ms "
+        "| RSS before MiB | RSS during MiB | peak MiB | RSS after close MiB | notes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     after = _mib(outcome.rss_after_kb) + ("" if outcome.settled else "*")
     print(
         f"| {', '.join(f'{mb:g}' for mb in outcome.accepted_mb)} | {outcome.send_s:.1f} | "
         f"{outcome.observer_worst_ms:.1f} | {outcome.observer_p99_ms:.1f} | "
+        f"{outcome.direct_worst_ms:.1f} | "
         f"{_mib(outcome.rss_before_kb)} | {_mib(outcome.rss_during_kb)} | "
         f"{_mib(outcome.rss_peak_kb)} | {after} | {'; '.join(outcome.notes) or '-'} |"
     )
@@ -732,7 +755,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 10, 100], help="MB")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--observers", type=int, default=4)
+    parser.add_argument("--observers", type=int, default=4, help="sessions through the proxy")
+    parser.add_argument(
+        "--direct-observers", type=int, default=2, help="control sessions straight to the server"
+    )
     parser.add_argument("--limit", type=float, default=120.0, help="seconds per attack [120]")
     parser.add_argument("--rss-cap-gb", type=float, default=12.0, help="kill the proxy above")
     parser.add_argument("--settle", type=float, default=30.0, help="max wait for RSS to settle")
@@ -741,10 +767,13 @@ def main() -> None:
     parser.add_argument("--no-hold", action="store_true", help="skip the hold case")
     parser.add_argument("--no-attacks", action="store_true", help="only the hold case")
     parser.add_argument("--observe", help=argparse.SUPPRESS)
+    parser.add_argument("--observe-direct", help=argparse.SUPPRESS)
     parser.add_argument("--interval", type=float, default=0.005, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.observe:
-        observe(args.observe, args.observers, args.interval)
+        observe(
+            args.observe, args.observers, args.observe_direct, args.direct_observers, args.interval
+        )
         return
 
     src = args.proxy_src.resolve()
