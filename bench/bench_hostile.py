@@ -510,6 +510,7 @@ def run_attack(
         poller = Poller(run, int(args.rss_cap_gb * 1024 * 1024))
         idle_rate = observer_cpu_rate(pid)
         outcome.rss_before_kb = status_kb(pid, "VmRSS") or 0
+        log_start = run.logfile.stat().st_size
         cpu_before = cpu_seconds(pid)
         start = time.monotonic()
         deadline = start + args.limit
@@ -541,7 +542,7 @@ def run_attack(
         outcome.rss_peak_kb = max(hwm or 0, poller.peak_kb)
         end = time.monotonic()
         observers.stop()
-        outcome.notes += log_notes(run.logfile)
+        outcome.notes += log_notes(run.logfile, log_start)
         latencies, failed = observers.latencies(start, end)
         outcome.observer_failed = failed
         outcome.observer_count = len(latencies)
@@ -560,12 +561,16 @@ def observer_cpu_rate(pid: int, seconds: float = 1.0) -> float:
     return (cpu_seconds(pid) - before) / (time.monotonic() - start)
 
 
-def log_notes(logfile: Path, limit: int = 3) -> list[str]:
-    """What the proxy logged: distinct warning/error messages and the last line of each
-    traceback (the exception), trimmed, with counts."""
+def log_notes(logfile: Path, since: int, limit: int = 3) -> list[str]:
+    """What the proxy logged from byte ``since`` of its log on (the attack, not its start-up):
+    distinct warning/error messages and the last line of each traceback (the exception),
+    trimmed, with counts."""
     found: dict[str, int] = {}
     in_traceback = False
-    for line in logfile.read_text(errors="replace").splitlines():
+    with open(logfile, "rb") as handle:
+        handle.seek(since)
+        text = handle.read().decode(errors="replace")
+    for line in text.splitlines():
         record = LOG_RECORD.match(line)
         if record:
             in_traceback = False
@@ -621,6 +626,7 @@ def run_hold(src: Path, server: Target, scratch: Path, args) -> HoldOutcome:
         observers.start()
         poller = Poller(run, int(args.rss_cap_gb * 1024 * 1024))
         outcome.rss_before_kb = status_kb(pid, "VmRSS") or 0
+        log_start = run.logfile.stat().st_size
         socks: list[socket.socket] = []
         start = time.monotonic()
         deadline = start + args.limit
@@ -662,7 +668,7 @@ def run_hold(src: Path, server: Target, scratch: Path, args) -> HoldOutcome:
             outcome.notes.append("proxy killed at the RSS cap")
         end = time.monotonic()
         observers.stop()
-        outcome.notes += log_notes(run.logfile)
+        outcome.notes += log_notes(run.logfile, log_start)
         latencies, _ = observers.latencies(start, end)
         outcome.direct_worst_ms = max(observers.latencies(start, end, True)[0], default=0) * 1000
         if latencies:
