@@ -250,3 +250,106 @@ def pgbouncer(
         yield Target("pgbouncer", "127.0.0.1", port, proc.pid)
     finally:
         stop_process(proc, signal.SIGTERM)  # PgBouncer: SIGTERM = immediate shutdown
+
+
+# --- additions for bench_hostile.py: proxies from another source tree, password roles ---
+
+
+def status_kb(pid: int, field: str) -> int | None:
+    """A ``Vm*`` field of ``/proc/PID/status`` in KiB (``VmRSS``, ``VmHWM``...); None once
+    the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def check_proxy_source(src: Path) -> None:
+    """Fail unless ``python -m proxy`` run from ``src`` (cwd and PYTHONPATH) imports the
+    proxy and grammar packages of ``src``, not those of the installed checkout."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import proxy, grammar; print(proxy.__file__, grammar.__file__)"],
+        cwd=src,
+        env=dict(os.environ, PYTHONPATH=str(src)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for path in found:
+        if not Path(path).resolve().is_relative_to(src.resolve()):
+            raise RuntimeError(f"proxy from {src} would import {path}")
+
+
+@dataclass(frozen=True)
+class ProxyRun:
+    """A proxy subprocess started by :func:`proxy_from`."""
+
+    target: Target
+    process: subprocess.Popen
+    logfile: Path
+
+
+@contextlib.contextmanager
+def proxy_from(
+    src: Path,
+    upstream: Target,
+    scratch: Path,
+    *,
+    log_level: str = "warning",
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[ProxyRun]:
+    """``python -m proxy`` from the source tree ``src`` (its cwd and PYTHONPATH), relaying
+    to ``upstream``; like :func:`proxy` but the caller gets the process (to kill it)."""
+    port = free_port()
+    logfile = scratch / f"proxy-{port}.log"
+    log = open(logfile, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"{upstream.host}:{upstream.port}",
+            "--log-level",
+            log_level,
+            *extra_args,
+        ],
+        cwd=src,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=dict(os.environ, PYTHONPATH=str(src)),
+    )
+    try:
+        wait_port("127.0.0.1", port, 30, proc)
+        yield ProxyRun(Target("proxy", "127.0.0.1", port, proc.pid), proc, logfile)
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def embedded_postgres(
+    settings: dict[str, str] | None = None, hba_lines: tuple[str, ...] = ()
+) -> Iterator[tuple[Target, Path]]:
+    """A fresh embedded cluster whose pg_hba.conf starts with ``hba_lines`` (e.g. a role
+    that must give a password); yields the direct target and a scratch directory."""
+    scratch = Path(tempfile.mkdtemp(prefix="pgdp-bench-"))
+    scratch.chmod(0o755)
+    try:
+        server = EmbeddedPostgres(scratch / "pgdata", settings=settings, hba_lines=hba_lines)
+        print(f"starting embedded PostgreSQL in {server.datadir} ...", file=sys.stderr)
+        server.start()
+        try:
+            pid = int((server.datadir / "postmaster.pid").read_text().split()[0])
+            yield Target("direct", server.host, server.port, pid), scratch
+        finally:
+            server.stop("immediate")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
