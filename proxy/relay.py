@@ -74,6 +74,7 @@ class ClientProtocol(asyncio.Protocol):
         "_ending",
         "_feed",
         "_handshaking",
+        "_held_by_server",
         "_login_timer",
         "_lost",
         "_on_close",
@@ -117,6 +118,7 @@ class ClientProtocol(asyncio.Protocol):
         self._handshaking = False  # the TLS handshake is under way: no plaintext reply
         self._ending = False  # the proxy ends this connection and has logged why
         self._lost = False  # connection_lost has run
+        self._held_by_server = False  # reading paused by flow control (server leg full)
         # Set when the relay starts: the frontend's feed and the server socket's writers.
         self._feed: Callable[[bytes], list[bytes]] | None = None
         self._server_write: Callable[[bytes], None] | None = None
@@ -146,6 +148,8 @@ class ClientProtocol(asyncio.Protocol):
                     self._server_write(chunks[0])
                 elif chunks:
                     self._server_writelines(chunks)
+                else:
+                    self._yield_reading()
                 return
             self._before_relay(data)
         except ProtocolViolation as exc:
@@ -378,12 +382,31 @@ class ClientProtocol(asyncio.Protocol):
         return self._transport
 
     def pause_reading(self) -> None:
+        """Flow control: the server leg's write buffer is full."""
+        self._held_by_server = True
         if self._transport is not None and not self._transport.is_closing():
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self._held_by_server = False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
+
+    def _yield_reading(self) -> None:
+        """A read that produced nothing to forward: a message still arriving, held and
+        scanned here. libuv reads a ready socket up to 32 times in a row before it serves
+        anyone else; stop after this read and come back on the next turn of the loop, so
+        that one client's large message never delays the others by more than one read."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+        asyncio.get_running_loop().call_soon(self._resume_after_yield)
+
+    def _resume_after_yield(self) -> None:
+        transport = self._transport
+        if not self._held_by_server and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
