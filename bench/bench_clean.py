@@ -38,8 +38,7 @@ import psycopg
 from _common import Target, postgres, proxy, raise_nofile
 
 from proxy.clean import CleanConnectionDialect
-from proxy.session import Session
-from proxy.streams import FrontendStream, ReplyPlans
+from proxy.streams import FrontendStream, SessionState
 from proxy.wire import message
 
 DB = "bench_clean"
@@ -206,17 +205,12 @@ def count_messages(transactions: list[bytes]) -> int:
 
 
 def new_stream(hooks: bool) -> FrontendStream:
-    if not hooks:
-        return FrontendStream(ReplyPlans(), max_message_size=1 << 30)
-    session = Session(client_address="bench", max_message_size=1 << 30)
-    dialect = CleanConnectionDialect(15.0)
-    dialect.attach(session)
-    return FrontendStream(
-        ReplyPlans(),
-        max_message_size=1 << 30,
-        might_rewrite=dialect.might_rewrite,
-        rewrite=session.rewrite,
-    )
+    """A logged-in session's frontend stream, with or without the CLEAN dialect."""
+    state = SessionState()
+    state.authenticated = state.ready = True
+    state.answering_group = 0
+    dialect = CleanConnectionDialect(15.0) if hooks else None
+    return FrontendStream(state, max_message_size=1 << 30, dialect=dialect)
 
 
 def feed_once(transactions: list[bytes], hooks: bool) -> int:

@@ -12,8 +12,9 @@ import logging
 import sys
 
 from .app import run
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .embedded import EmbeddedPostgresError
+from .logfmt import OneLineFormatter
 from .server import ListenError
 
 
@@ -23,13 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pg-dialect-proxy: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s"
-        + ("[%(process)d]" if config.workers > 1 else "")
-        + " %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(config)
     try:
         run(config)
     except ConfigError as exc:  # found while starting, e.g. an unreadable certificate
@@ -41,6 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _configure_logging(config: Config) -> None:
+    """Records on stderr, one line each whatever the text logged (see :mod:`proxy.logfmt`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        OneLineFormatter(
+            "%(asctime)s %(levelname)s %(name)s"
+            + ("[%(process)d]" if config.workers > 1 else "")
+            + " %(message)s"
+        )
+    )
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
-"""CLEAN CONNECTION on stock PostgreSQL: the rewrite, the server-side program, the audit.
+"""CLEAN CONNECTION on stock PostgreSQL: finding it, the rewrite, the audit.
 
-A valid statement is replaced, in place in the client's query string, by a ``DO`` block
-that the server runs in the caller's own session with the caller's privileges
-(DESIGN.md §4): validation in openGauss's order, the optional CHECK, then
-``pg_terminate_backend`` on the matching client backends the caller may signal, and a
-bounded wait for them to exit. The proxy then shapes that statement's replies
+The frontend stream scans each Query/Parse text of a logged-in session with a
+:class:`~grammar.outline.OutlineScanner` (:meth:`CleanConnectionDialect.scanner`), then
+asks :func:`rewrite_text` for the rewrite. Only the statements the scan found starting
+with ``clean`` are decoded (strictly, in the session's client encoding) and parsed; every
+valid one is replaced, in place, by the ``DO`` block of :mod:`proxy.clean_program`, which
+the server runs in the caller's own session with the caller's privileges (semantics in
+README.md, "CLEAN CONNECTION"). The proxy then shapes that statement's replies
 (:mod:`proxy.streams`): tag ``CLEAN CONNECTION``, no PL/pgSQL CONTEXT, and the final
-``INFO`` audit line with the counts is consumed, never forwarded.
+``INFO`` line with the counts is consumed for the audit record, never forwarded.
 
-Names are data: they are embedded as hex of the client's own bytes and decoded on the
-server with ``convert_from(decode('…', 'hex'), pg_client_encoding())``. The generated text
-is pure ASCII with no quotes or backslashes from the client, so it is inert whatever
-``standard_conforming_strings`` or the client encoding say.
+Certain or nothing: whatever the scan or the decoding cannot judge exactly is forwarded
+unchanged, and the server rejects the unknown statement as a syntax error.
 
 A string holding an *invalid* CLEAN CONNECTION is sent unchanged: the server rejects the
 whole string at the ``CLEAN`` token (nothing in it runs, the transaction state is the
@@ -22,22 +22,39 @@ grammar's (``SyntaxFix``).
 from __future__ import annotations
 
 import logging
+import re
 import time
+from typing import TYPE_CHECKING
 
-from grammar import Statement, might_contain_clean, split_statements
+from pglast.enums import DiscardMode
+from pglast.parser import ParseError, parse_sql
 
-from .clean_program import render_program
-from .session import Session
-from .streams import Rewrite, ShapedStatement, SyntaxFix
+from grammar import CleanConnection, GrammarError, might_contain_clean
+from grammar.clean_connection import parse_tokens
+from grammar.lexer import COMMENT_NAMES, from_raw, scan_raw
+from grammar.outline import (
+    CLEAN_WORDS,
+    TRACKING_WORDS,
+    Lead,
+    MaskedScanner,
+    OutlineScanner,
+    needs_mask,
+)
+
+from .clean_program import DEFAULT_CHECK_SECONDS, DEFAULT_WAIT_SECONDS, render_program
+from .streams import Rewrite, SessionState, ShapedStatement, SyntaxFix
+
+if TYPE_CHECKING:
+    from .session import Session
 
 audit_log = logging.getLogger("pgdp.audit")
 
 
-# PostgreSQL client encodings → Python codecs. Decoding with the session's real encoding
-# makes character positions match the server's count and keeps multibyte names intact.
+# PostgreSQL client encodings → Python codecs. Where PostgreSQL's encoding is a Windows
+# code page under another name (its SJIS is WIN932, BIG5 is WIN950, GBK is WIN936, UHC is
+# WIN949), the code page's codec is the exact one.
 _CODECS = {
     "UTF8": "utf-8",
-    "SQL_ASCII": "latin-1",  # bytes as they are: latin-1 maps each byte to one character
     "LATIN1": "latin-1",
     "LATIN2": "iso8859-2",
     "LATIN3": "iso8859-3",
@@ -61,116 +78,262 @@ _CODECS = {
     "EUC_JIS_2004": "euc_jis_2004",
     "EUC_KR": "euc_kr",
     "EUC_CN": "gb2312",
-    "SJIS": "shift_jis",
+    "SJIS": "cp932",
     "SHIFT_JIS_2004": "shift_jis_2004",
-    "BIG5": "big5",
-    "GBK": "gbk",
+    "BIG5": "cp950",
+    "GBK": "cp936",
     "GB18030": "gb18030",
     "UHC": "cp949",
     "JOHAB": "johab",
 }
+# Encodings where one byte is one character (positions are byte offsets).
+_SINGLE_BYTE = frozenset(
+    {"LATIN1", "LATIN2", "LATIN3", "LATIN4", "LATIN5", "LATIN6", "LATIN7", "LATIN8"}
+    | {"LATIN9", "LATIN10", "ISO_8859_5", "ISO_8859_6", "ISO_8859_7", "ISO_8859_8"}
+    | {"KOI8R", "KOI8U", "WIN866", "WIN874", *(f"WIN{n}" for n in range(1250, 1259))}
+)
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+_NOT_UTF8_CONTINUATION = bytes(b for b in range(256) if not 0x80 <= b < 0xC0)
 
 
-def _decode(sql: bytes, client_encoding: str) -> tuple[str, str]:
-    """The query text and the codec that maps it back to the client's exact bytes.
+class _Text:
+    """One Query/Parse text ``buf[start:end]`` in the client encoding ``encoding``:
+    strict decoding of pieces and character positions as the server counts them."""
 
-    Uses the session's client encoding; bytes that do not decode (or an encoding Python
-    lacks) fall back to latin-1, which round-trips any bytes (the keywords are ASCII).
-    """
-    codec = _CODECS.get(client_encoding.upper(), "latin-1")
-    try:
-        return sql.decode(codec), codec
-    except UnicodeDecodeError:
-        return sql.decode("latin-1"), "latin-1"
+    def __init__(self, buf: bytes, start: int, end: int, encoding: str) -> None:
+        self.buf, self.start, self.end, self.encoding = buf, start, end, encoding
+        self.codec = _CODECS.get(encoding)
+        self.ascii = _NON_ASCII.search(buf, start, end) is None
+
+    def decode(self, a: int, b: int) -> str:
+        """``buf[a:b]`` decoded; UnicodeDecodeError (or LookupError) when not certain."""
+        if self.codec is None and not self.ascii:
+            raise LookupError(self.encoding)
+        return self.buf[a:b].decode(self.codec or "ascii")
+
+    def chars(self, a: int, b: int) -> int:
+        """How many characters the server counts in ``buf[a:b]``."""
+        if self.ascii or self.encoding in _SINGLE_BYTE:
+            return b - a
+        piece = self.buf[a:b]
+        if self.encoding == "UTF8":
+            return len(piece) - len(piece.translate(None, _NOT_UTF8_CONTINUATION))
+        return len(piece.decode(self.codec or "latin-1", "replace"))
 
 
-def rewrite_query(
-    sql: bytes,
+def rewrite_text(
+    buf: bytes,
+    start: int,
+    end: int,
+    scan: OutlineScanner,
     *,
+    encoding: str,
+    settled: bool,
     wait_seconds: float,
     check_seconds: float,
-    client_encoding: str = "UTF8",
 ) -> Rewrite | None:
-    """The :class:`Rewrite` for a Query/Parse text, or None when it has no CLEAN statement.
+    """The :class:`Rewrite` of the text ``buf[start:end]`` whose scan is finished, or None.
 
-    ``wait_seconds`` bounds the wait for terminated sessions to exit; ``check_seconds``
-    how long CHECK waits for other sessions to leave before it reports them (55006).
+    Certain or nothing: when the scan could not judge the text, when a lead statement is
+    too long, follows a routine body or does not decode strictly, when the text's bytes
+    could be read differently by the time the server reads them (``settled`` false and
+    non-ASCII bytes or backslashes in it), nothing is rewritten and the server rejects
+    any CLEAN statement as a syntax error. ``wait_seconds`` bounds the wait for terminated
+    sessions to exit; ``check_seconds`` how long CHECK waits for other sessions to leave.
     """
-    text, codec = _decode(sql, client_encoding)
-    statements = split_statements(text)
-    if statements is None:
-        return None  # unscannable: the server reports its own error
-    cleans = [s for s in statements if s.is_clean]
-    if not cleans:
+    if scan.uncertain:
+        return Rewrite(None, redefines=(None,)) if scan.tracking else None
+    if not scan.leads:
         return None
-    first_error = next((s.error for s in cleans if s.error is not None), None)
-    if first_error is not None:
+    text = _Text(buf, start, end, encoding)
+    if not settled and (not text.ascii or buf.find(b"\\", start, end) >= 0):
+        return _nothing(scan)
+    redefines = _redefined_names(text, scan.leads)
+    cleans = [lead for lead in scan.leads if lead.word == b"clean"]
+    if not cleans:
+        return Rewrite(None, redefines=redefines)
+    if any(lead.too_long or lead.after_routine or lead.index < 0 for lead in cleans):
+        return Rewrite(None, redefines=redefines)
+    try:
+        parsed = [_parse_lead(text, lead) for lead in cleans]
+    except (UnicodeError, LookupError, GrammarError):
+        return Rewrite(None, redefines=redefines)
+    statements = [p for p in parsed if p is not None]
+    if not statements:
+        return Rewrite(None, redefines=redefines)
+    errors = [p.error for p in statements if p.error is not None]
+    if errors:
+        first = statements[0]
         fix = SyntaxFix(
-            server_position=str(cleans[0].body_start + 1).encode(),
-            message=first_error.message.encode(codec, "replace"),
-            position=str(first_error.position).encode(),
+            server_position=str(first.char_start + 1).encode(),
+            message=errors[0].message.encode(text.codec or "ascii", "replace"),
+            position=str(errors[0].position).encode(),
         )
-        return Rewrite(sql, syntax_fix=fix)
-    return _rewrite_valid(text, codec, statements, wait_seconds, check_seconds)
+        return Rewrite(None, syntax_fix=fix, redefines=redefines)
+    return _rewrite_valid(text, scan, statements, wait_seconds, check_seconds, redefines)
+
+
+def _nothing(scan: OutlineScanner) -> Rewrite | None:
+    """No rewrite, but a text that may redefine tracked statements forgets them all."""
+    if any(lead.word != b"clean" for lead in scan.leads):
+        return Rewrite(None, redefines=(None,))
+    return None
+
+
+class _Parsed:
+    """A CLEAN CONNECTION statement of a text: where it is and what it says."""
+
+    __slots__ = ("body_end", "body_start", "char_start", "clean", "error", "index")
+
+    def __init__(self, lead: Lead, body_end: int, char_start: int) -> None:
+        self.body_start, self.body_end, self.char_start = lead.start, body_end, char_start
+        self.index = lead.index
+        self.clean: CleanConnection | None = None
+        self.error: GrammarError | None = None
+
+
+def _statement_bytes(text: _Text, lead: Lead) -> int:
+    """The end of the lead statement's text, its terminating ``;`` included."""
+    return lead.end + 1 if lead.end < text.end and text.buf[lead.end] == 0x3B else lead.end
+
+
+def _parse_lead(text: _Text, lead: Lead) -> _Parsed | None:
+    """Parse one statement starting with ``clean``; None if it is not CLEAN CONNECTION."""
+    stop = _statement_bytes(text, lead)
+    source = text.decode(lead.start, stop)
+    tokens = [t for t in scan_raw(source) if t.name not in COMMENT_NAMES]
+    if len(tokens) < 2 or tokens[1].name != "CONNECTION":
+        return None
+    last = tokens[-2] if tokens[-1].name == "ASCII_59" and len(tokens) > 2 else tokens[-1]
+    codec = text.codec or "ascii"
+    body_end = lead.start + len(source[: last.end + 1].encode(codec))
+    char_start = text.chars(text.start, lead.start)
+    parsed = _Parsed(lead, body_end, char_start)
+    total = char_start + len(source) + text.chars(stop, text.end)
+    try:
+        parsed.clean = parse_tokens(
+            source, [from_raw(source, t) for t in tokens], total - char_start + 1
+        )
+    except GrammarError as exc:
+        parsed.error = GrammarError(exc.message, exc.position + char_start)
+    return parsed
+
+
+def _redefined_names(text: _Text, leads: list[Lead]) -> tuple[bytes | None, ...]:
+    """Prepared-statement names the text deallocates or redefines by SQL (None: all)."""
+    names: list[bytes | None] = []
+    for lead in leads:
+        if lead.word == b"clean":
+            continue
+        if lead.too_long or lead.after_routine:
+            return (None,)
+        try:
+            source = text.decode(lead.start, _statement_bytes(text, lead))
+            (raw,) = parse_sql(source)
+        except (UnicodeError, LookupError, ParseError, ValueError):
+            continue  # the server rejects the whole text: nothing is redefined
+        node = raw.stmt
+        kind = type(node).__name__
+        if kind == "DeallocateStmt":
+            names.append(None if node.name is None else node.name.encode(text.codec or "ascii"))
+        elif kind == "PrepareStmt":
+            names.append(node.name.encode(text.codec or "ascii"))
+        elif kind == "DiscardStmt" and node.target == DiscardMode.DISCARD_ALL:
+            names.append(None)
+    return tuple(names)
 
 
 def _rewrite_valid(
-    text: str, codec: str, statements: list[Statement], wait_seconds: float, check_seconds: float
+    text: _Text,
+    scan: OutlineScanner,
+    statements: list[_Parsed],
+    wait_seconds: float,
+    check_seconds: float,
+    redefines: tuple[bytes | None, ...],
 ) -> Rewrite:
-    parts: list[str] = []
+    view = memoryview(text.buf)
+    parts: list[bytes | memoryview] = []
     renamed: list[tuple[int, str]] = []
     spans: list[tuple[int, int, int]] = []
-    cursor = 0
-    index = 0
+    cursor = text.start
     for statement in statements:
-        if statement.is_empty:
-            continue
-        if statement.clean is not None:
-            original = text[statement.body_start : statement.body_end]
-            parts.append(text[cursor : statement.body_start])
-            program = render_program(
-                statement.clean,
-                codec=codec,
-                wait_seconds=wait_seconds,
-                check_seconds=check_seconds,
-            )
-            parts.append(program)
-            spans.append((statement.body_start, len(original), len(program)))
-            cursor = statement.body_end
-            renamed.append((index, original))
-        index += 1
-    parts.append(text[cursor:])
-    return Rewrite("".join(parts).encode(codec), renamed=tuple(renamed), spans=tuple(spans))
+        assert statement.clean is not None
+        original = text.decode(statement.body_start, statement.body_end)
+        program = render_program(
+            statement.clean,
+            codec=text.codec or "ascii",
+            encoding=text.encoding,
+            wait_seconds=wait_seconds,
+            check_seconds=check_seconds,
+        ).encode("ascii")
+        parts.append(view[cursor : statement.body_start])
+        parts.append(program)
+        spans.append((statement.char_start, len(original), len(program)))
+        cursor = statement.body_end
+        renamed.append((statement.index, original))
+    parts.append(view[cursor : text.end])
+    return Rewrite(b"".join(parts), renamed=tuple(renamed), spans=tuple(spans), redefines=redefines)
 
 
 class CleanConnectionDialect:
-    """The openGauss CLEAN CONNECTION statement, for :class:`proxy.server.ProxyServer`."""
+    """The openGauss CLEAN CONNECTION statement, for :class:`proxy.server.ProxyServer`.
 
-    def __init__(self, wait_seconds: float = 15.0, check_seconds: float = 5.0) -> None:
+    Stateless: what a session knows (its encoding, its string syntax) comes with each call
+    in its :class:`~proxy.streams.SessionState`.
+    """
+
+    def __init__(
+        self,
+        wait_seconds: float = DEFAULT_WAIT_SECONDS,
+        check_seconds: float = DEFAULT_CHECK_SECONDS,
+    ) -> None:
         self.wait_seconds = wait_seconds
         self.check_seconds = check_seconds
 
     might_rewrite = staticmethod(might_contain_clean)
 
-    def attach(self, session: Session) -> None:
-        wait, check = self.wait_seconds, self.check_seconds
-
-        def rewrite(sql: bytes) -> Rewrite | None:
-            backend = session.backend
-            return rewrite_query(
-                sql,
-                wait_seconds=wait,
-                check_seconds=check,
-                client_encoding=backend.client_encoding if backend else "UTF8",
+    def scanner(self, state: SessionState, start: int, tracking: bool) -> OutlineScanner:
+        words = TRACKING_WORDS if tracking else CLEAN_WORDS
+        scs = state.standard_conforming_strings
+        scanner: OutlineScanner
+        if needs_mask(state.client_encoding):
+            scanner = MaskedScanner(  # type: ignore[assignment]
+                state.client_encoding, start=start, standard_conforming_strings=scs, words=words
             )
+        else:
+            scanner = OutlineScanner(start=start, standard_conforming_strings=scs, words=words)
+            scanner.encoding = state.client_encoding
+        return scanner
 
-        def on_outcome(
-            shaped: ShapedStatement, tag: bytes, error: list[tuple[int, bytes]] | None
-        ) -> None:
-            _audit(session, shaped, error)
+    def rewrite(
+        self,
+        buf: bytes,
+        start: int,
+        end: int,
+        scan: OutlineScanner,
+        state: SessionState,
+        settled: bool,
+    ) -> Rewrite | None:
+        if (
+            scan.encoding != state.client_encoding
+            or scan.standard_conforming_strings != state.standard_conforming_strings
+        ):
+            return _nothing(scan)  # the session changed its settings while the text arrived
+        return rewrite_text(
+            buf,
+            start,
+            end,
+            scan,
+            encoding=state.client_encoding,
+            settled=settled,
+            wait_seconds=self.wait_seconds,
+            check_seconds=self.check_seconds,
+        )
 
-        session.rewrite = rewrite
-        session.on_outcome = on_outcome
+    def outcome(
+        self, session: Session, shaped: ShapedStatement, error: list[tuple[int, bytes]] | None
+    ) -> None:
+        _audit(session, shaped, error)
 
 
 def _audit(

@@ -91,6 +91,8 @@ class Config:
     max_message_size: int = PG_MAX_MESSAGE
     connect_timeout: float = 10.0
     shutdown_timeout: float = 30.0
+    client_login_timeout: float = 60.0  # startup, TLS and authentication must end within it
+    max_client_conn: int = 10000  # per process; clients beyond it get 53300
     clean_wait_timeout: float = 15.0
     clean_check_timeout: float = 5.0
     log_level: str = "info"
@@ -144,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="on SIGTERM, how long sessions may finish before they are closed [30]",
+    )
+    add(
+        "--client-login-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="time a client has to connect and authenticate before it is disconnected [60]",
+    )
+    add(
+        "--max-client-conn",
+        type=int,
+        metavar="N",
+        help="most client connections open at once (per worker); more are refused [10000]",
     )
     add(
         "--clean-wait-timeout",
@@ -216,8 +230,10 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     for name, kind in (
         ("max_message_size", int),
         ("workers", int),
+        ("max_client_conn", int),
         ("connect_timeout", float),
         ("shutdown_timeout", float),
+        ("client_login_timeout", float),
         ("clean_wait_timeout", float),
         ("clean_check_timeout", float),
     ):
@@ -228,7 +244,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
             number = kind(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{name.replace('_', '-')}: not a number: {raw!r}") from None
-        if number <= 0:
+        if not number > 0:  # also refuses NaN
             raise ConfigError(f"{name.replace('_', '-')}: must be positive, got {raw!r}")
         options[name] = number
     if options.get("max_message_size", 5) < 5:  # type: ignore[operator]

@@ -7,7 +7,13 @@ this module moves bytes, applies flow control and closes things:
   side pauses, and resumes below the low mark (uvicorn's pattern; pause/resume are
   idempotent). Memory per session stays bounded by the marks plus one read.
 * Closing either side closes the other after its pending writes are flushed; a client
-  that vanishes takes its server connection (and so its backend) with it.
+  that vanishes, or half-closes, takes its server connection (and so its backend) with it.
+* Limits: a client has ``client_login_timeout`` seconds to log in (one timer, cancelled at
+  the server's first ReadyForQuery); a client over ``max_client_conn`` is refused after its
+  startup packet. Where the proxy ends a connection itself, the client is told why with a
+  FATAL ErrorResponse when one cannot land inside a server message or a TLS handshake.
+* Nothing raised while handling received bytes escapes a protocol callback: a protocol
+  violation is answered (FATAL 08P01), anything else logged; that connection is closed.
 """
 
 from __future__ import annotations
@@ -18,11 +24,18 @@ import ssl
 from collections.abc import Callable
 
 from .config import Address, Config
+from .logfmt import value
 from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
 from .upstream import UpstreamError, UpstreamTLS, connect_upstream, forward_cancel
-from .wire import ProtocolViolation, StartupPacket, error_response
+from .wire import ProtocolViolation, StartupKind, StartupPacket, error_response
 
 log = logging.getLogger("pgdp.session")
+
+LOGIN_TIMEOUT = error_response("57014", "canceling authentication due to timeout", severity="FATAL")
+TOO_MANY_CLIENTS = error_response("53300", "sorry, too many clients already", severity="FATAL")
+ADMIN_SHUTDOWN = error_response(
+    "57P01", "terminating connection due to administrator command", severity="FATAL"
+)
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -35,13 +48,36 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return "unix" if peer is not None or transport.get_extra_info("socket") else "-"
 
 
+class PlaintextAfterEncryptionRequest(ProtocolViolation):
+    """Bytes that came with an SSLRequest/GSSENCRequest, so before its answer: sent in
+    clear whatever the answer, they may come from a man in the middle (CVE-2021-23214)."""
+
+    detail = (
+        "This could be either a client-software bug or evidence of an attempted "
+        "man-in-the-middle attack."
+    )
+
+    def __init__(self, request: StartupKind) -> None:
+        what = "SSL request" if request is StartupKind.SSL_REQUEST else "GSSAPI encryption request"
+        super().__init__(f"received unencrypted data after {what}")
+
+
 class ClientProtocol(asyncio.Protocol):
-    """The client's socket. Created by the listener for each accepted connection."""
+    """The client's socket. Created by the listener for each accepted connection.
+
+    ``on_refused`` set means the client is over ``max_client_conn``: it is refused
+    (53300) after its startup packet, and ``on_refused()`` is called then.
+    """
 
     __slots__ = (
         "_config",
+        "_ending",
         "_feed",
+        "_handshaking",
+        "_login_timer",
+        "_lost",
         "_on_close",
+        "_on_refused",
         "_rest",
         "_server",
         "_server_write",
@@ -63,8 +99,10 @@ class ClientProtocol(asyncio.Protocol):
         on_close: Callable[[ClientProtocol], None],
         tls: ssl.SSLContext | None = None,
         upstream_tls: UpstreamTLS | None = None,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
+        self._on_refused = on_refused
         self._tls = tls
         self._upstream_tls = upstream_tls
         self._upstream = upstream
@@ -75,6 +113,10 @@ class ClientProtocol(asyncio.Protocol):
         self._rest = b""
         self.session: Session | None = None
         self.bytes_in = 0  # bytes received from the client
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._handshaking = False  # the TLS handshake is under way: no plaintext reply
+        self._ending = False  # the proxy ends this connection and has logged why
+        self._lost = False  # connection_lost has run
         # Set when the relay starts: the frontend's feed and the server socket's writers.
         self._feed: Callable[[bytes], list[bytes]] | None = None
         self._server_write: Callable[[bytes], None] | None = None
@@ -86,38 +128,51 @@ class ClientProtocol(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.session = self._session_factory(_peer(transport))
-        self.session.tls_available = self._tls is not None
+        # A refused client gets no TLS: no handshake work for a connection about to close.
+        self.session.tls_available = self._tls is not None and self._on_refused is None
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self._config.client_login_timeout, self._login_timed_out
+        )
 
     def data_received(self, data: bytes) -> None:
-        # Hot path: bound methods cached when the relay started, no attribute chains.
+        # Hot path: bound methods cached when the relay started, no attribute chains. The
+        # try costs nothing until something raises (zero-cost exceptions, Python 3.11+).
         feed = self._feed
-        if feed is not None:
-            self.bytes_in += len(data)
-            try:
+        try:
+            if feed is not None:
+                self.bytes_in += len(data)
                 chunks = feed(data)
-            except ProtocolViolation as exc:
-                self._protocol_violation(exc)
+                if len(chunks) == 1:
+                    self._server_write(chunks[0])
+                elif chunks:
+                    self._server_writelines(chunks)
                 return
-            if len(chunks) == 1:
-                self._server_write(chunks[0])
-            elif chunks:
-                self._server_writelines(chunks)
-            return
-        session = self.session
-        assert session is not None
-        self.bytes_in += len(data)
-        if session.phase is Phase.STARTUP:
-            self._startup_data(data)
-        elif session.phase is Phase.CONNECTING:
-            self._rest += data
+            self._before_relay(data)
+        except ProtocolViolation as exc:
+            self._protocol_violation(exc)
+        except Exception as exc:
+            self.internal_error(exc, "client")
 
     def eof_received(self) -> bool:
-        return False  # close our side too; connection_lost follows
+        """The client half-closed. A PostgreSQL client never does that on purpose: it is
+        gone. End the server leg now (its backend must not wait for a reader that will
+        never come) and drop what is still owed to the client."""
+        if self._server is None:
+            return False  # nothing relayed yet: close, flushing a pending reply
+        self._server.end()
+        self.transport.abort()
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:  # also called by _start_tls, and maybe by the loop after it
+            return
+        self._lost = True
+        self._cancel_login_timer()
         session = self.session
         if session is not None and session.phase is not Phase.CLOSED:
             session.phase = Phase.CLOSED
+        if session is not None:
+            session.release()
         if self._server is not None:
             self._server.client_gone()
         self._on_close(self)
@@ -132,46 +187,57 @@ class ClientProtocol(asyncio.Protocol):
 
     # --- startup ---------------------------------------------------------------------
 
+    def _before_relay(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        self.bytes_in += len(data)
+        if session.phase is Phase.STARTUP:
+            self._startup_data(data)
+        elif session.phase is Phase.CONNECTING:
+            self._rest += data
+
     def _startup_data(self, data: bytes) -> None:
+        """Startup packets in ``data``; raises :class:`ProtocolViolation` for bad ones."""
         session = self.session
         assert session is not None and self._transport is not None
         while data or session.phase is Phase.STARTUP:
-            try:
-                result = session.startup.feed(data)
-            except ProtocolViolation as exc:
-                self._protocol_violation(exc)
-                return
+            result = session.startup.feed(data)
             if result is None:
                 return
             packet, data = result
-            try:
-                action = session.on_startup_packet(packet)
-            except ProtocolViolation as exc:
-                self._protocol_violation(exc)
-                return
+            action = session.on_startup_packet(packet)
             if action is StartupAction.REFUSE_ENCRYPTION:
                 self._transport.write(ENCRYPTION_REFUSED)
+                if data:  # as PostgreSQL: nothing may come before the answer was read
+                    raise PlaintextAfterEncryptionRequest(packet.kind)
                 continue
             if action is StartupAction.ACCEPT_TLS:
                 if data:
-                    # Plaintext sent before the handshake could be injected by a
-                    # man in the middle (CVE-2021-23214): refuse, as PostgreSQL does.
-                    self._protocol_violation(
-                        ProtocolViolation("received unencrypted data after SSL request")
-                    )
-                    return
+                    raise PlaintextAfterEncryptionRequest(packet.kind)
                 self._transport.write(TLS_ACCEPTED)
                 # Not a byte more as plaintext: the ClientHello belongs to the handshake.
                 self._transport.pause_reading()
+                self._handshaking = True
                 asyncio.get_running_loop().create_task(self._start_tls())
                 return
             if action is StartupAction.FORWARD_CANCEL:
+                self._cancel_login_timer()  # forwarding has its own timeout
                 asyncio.get_running_loop().create_task(self._forward_cancel(packet))
+                return
+            if self._on_refused is not None:
+                self._refuse()
                 return
             self._rest = data
             self._transport.pause_reading()
             asyncio.get_running_loop().create_task(self._connect(packet))
             return
+
+    def _refuse(self) -> None:
+        """Over ``max_client_conn``: 53300 as PostgreSQL says it, no server connection."""
+        assert self._on_refused is not None
+        self._on_refused()
+        self._ending = True
+        self.terminate(TOO_MANY_CLIENTS, abort_server=True)
 
     async def _start_tls(self) -> None:
         """The server side of the TLS handshake; startup continues on the TLS transport."""
@@ -186,14 +252,58 @@ class ClientProtocol(asyncio.Protocol):
                 ssl_handshake_timeout=self._config.connect_timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            log.warning("%s TLS handshake failed: %s", session.describe(), exc)
+            if not self._ending:  # else the reason is logged already (login timeout)
+                log.warning("%s TLS handshake failed: %s", session.describe(), value(str(exc)))
+            transport = None
+        finally:
+            self._handshaking = False
+        if transport is None or transport.is_closing():
+            # Failed, or the connection was lost during the handshake (uvloop then returns
+            # a closed transport): the loop reports no connection_lost for it.
             self._transport.abort()
-            return
-        if transport is None:  # the connection closed during the handshake
+            self.connection_lost(None)
             return
         self._transport = transport
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         session.tls_active = True
+
+    # --- login timeout ---------------------------------------------------------------
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        session = self.session
+        assert session is not None
+        transport = self._transport
+        if transport is None or transport.is_closing() or session.phase is Phase.CLOSED:
+            return
+        if session.login_complete():
+            return
+        log.warning(
+            "%s canceling authentication due to timeout (%gs, during %s)",
+            session.describe(),
+            self._config.client_login_timeout,
+            self._login_stage(),
+        )
+        self._ending = True
+        self.terminate(LOGIN_TIMEOUT, abort_server=True)
+
+    def _login_stage(self) -> str:
+        if self._handshaking:
+            return "tls handshake"
+        phase = self.session.phase  # type: ignore[union-attr]
+        if phase is Phase.STARTUP:
+            return "startup"
+        return "server connect" if phase is Phase.CONNECTING else "authentication"
+
+    def _logged_in(self) -> None:
+        """Called once, at the server's first ReadyForQuery."""
+        self._cancel_login_timer()
+
+    def _cancel_login_timer(self) -> None:
+        timer = self._login_timer
+        if timer is not None:
+            timer.cancel()
+            self._login_timer = None
 
     async def _forward_cancel(self, packet: StartupPacket) -> None:
         try:
@@ -216,6 +326,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._upstream_tls,
             )
         except UpstreamError as exc:
+            if self._ending:  # the client was told why already
+                return
             log.warning("%s upstream unreachable: %s", session.describe(), exc)
             if not self._transport.is_closing():
                 self._transport.write(error_response("08001", str(exc), severity="FATAL"))
@@ -233,11 +345,11 @@ class ClientProtocol(asyncio.Protocol):
         self._feed = session.frontend.feed  # type: ignore[union-attr]
         self._server_write = transport.write
         self._server_writelines = transport.writelines
-        server.start_relay(session, self.transport)
+        server.start_relay(session, self.transport, self._logged_in)
         log.info(
             "%s opened app=%s upstream=%s%s",
             session.describe(),
-            session.application_name or "-",
+            value(session.application_name) if session.application_name else "-",
             self._upstream,
             " (tls)" if encrypted else "",
         )
@@ -249,6 +361,11 @@ class ClientProtocol(asyncio.Protocol):
         self._transport.resume_reading()
 
     # --- helpers used by the server side ---------------------------------------------
+
+    @property
+    def over_limit(self) -> bool:
+        """This client came over ``max_client_conn`` and is (to be) refused."""
+        return self._on_refused is not None
 
     @property
     def server_bytes_in(self) -> int:
@@ -278,16 +395,56 @@ class ClientProtocol(asyncio.Protocol):
         if self._server is not None:
             self._server.abort()
 
+    def terminate(self, error: bytes | None, *, abort_server: bool) -> None:
+        """End this connection from the proxy's side: send ``error`` (a FATAL
+        ErrorResponse) if a reply is possible, close the client's connection after its
+        pending writes, and abort the server leg (or close it, ``abort_server=False``).
+        During a TLS handshake nothing can be said: the connection is aborted."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if self._handshaking:
+                transport.abort()
+            else:
+                if error is not None and self._can_reply():
+                    transport.write(error)
+                transport.close()
+        server = self._server
+        if server is not None:
+            if abort_server:
+                server.abort()
+            else:
+                server.client_gone()
+
+    def _can_reply(self) -> bool:
+        """True where a message of ours cannot land inside a server message."""
+        session = self.session
+        backend = session.backend if session is not None else None
+        return backend is None or self._server is None or backend.at_message_boundary()
+
     def _protocol_violation(self, exc: ProtocolViolation) -> None:
         session = self.session
-        assert session is not None and self._transport is not None
-        log.warning("%s protocol violation: %s", session.describe(), exc)
-        # A reply is only possible where it cannot land inside a server message.
-        if session.backend is None or session.backend.at_message_boundary():
-            self._transport.write(error_response(exc.sqlstate, str(exc), severity="FATAL"))
-        self._transport.close()
-        if self._server is not None:
-            self._server.abort()
+        assert session is not None
+        log.warning("%s protocol violation: %s", session.describe(), value(str(exc)))
+        self._ending = True
+        detail = getattr(exc, "detail", None)
+        self.terminate(
+            error_response(exc.sqlstate, str(exc), severity="FATAL", detail=detail),
+            abort_server=True,
+        )
+
+    def internal_error(self, exc: Exception, side: str) -> None:
+        """Last resort for a bug met while handling bytes from ``side`` ("client" or
+        "server"): one log line, this connection closed, no traceback, no reply (what
+        state the streams are in is unknown)."""
+        log.error(
+            "%s internal error on %s data, connection closed: %s: %s",
+            self.session.describe() if self.session is not None else "-",
+            side,
+            type(exc).__name__,
+            value(str(exc)),
+        )
+        self._ending = True
+        self.terminate(None, abort_server=True)
 
 
 class ServerProtocol(asyncio.Protocol):
@@ -303,9 +460,26 @@ class ServerProtocol(asyncio.Protocol):
         self._client_write: Callable[[bytes], None] | None = None
         self._client_writelines: Callable[[list[bytes]], None] | None = None
 
-    def start_relay(self, session: Session, client_transport: asyncio.Transport) -> None:
-        """Cache the hot-path callables: the backend stream and the client's writers."""
-        self._feed = session.backend.feed  # type: ignore[union-attr]
+    def start_relay(
+        self, session: Session, client_transport: asyncio.Transport, on_login: Callable[[], None]
+    ) -> None:
+        """Cache the hot-path callables: the backend stream and the client's writers.
+
+        Until the server's first ReadyForQuery each read also checks whether the login is
+        complete, then calls ``on_login()`` once; from then on reads go straight to the
+        backend stream.
+        """
+        backend_feed = session.backend.feed  # type: ignore[union-attr]
+        login_complete = session.login_complete
+
+        def feed_until_login(data: bytes) -> list[bytes]:
+            chunks = backend_feed(data)
+            if login_complete():
+                self._feed = backend_feed
+                on_login()
+            return chunks
+
+        self._feed = feed_until_login
         self._client_write = client_transport.write
         self._client_writelines = client_transport.writelines
 
@@ -319,9 +493,16 @@ class ServerProtocol(asyncio.Protocol):
             chunks = self._feed(data)  # type: ignore[misc]
         except ProtocolViolation as exc:
             client = self._client
-            log.error("%s server protocol violation: %s", client.session.describe(), exc)  # type: ignore[union-attr]
+            log.error(
+                "%s server protocol violation: %s",
+                client.session.describe(),  # type: ignore[union-attr]
+                value(str(exc)),
+            )
             self.abort()
             client.abort()
+            return
+        except Exception as exc:
+            self._client.internal_error(exc, "server")
             return
         if len(chunks) == 1:
             self._client_write(chunks[0])  # type: ignore[misc]
@@ -352,6 +533,17 @@ class ServerProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def end(self) -> None:
+        """Close now: gracefully when nothing is owed to the server (a Terminate already
+        written still reaches it), else abort rather than wait for the flush."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            transport.close()
 
     def client_gone(self) -> None:
         """The client's connection is lost: flush what it sent, then close.

@@ -1,33 +1,151 @@
-"""The listener, the registry of live sessions, signals and graceful shutdown."""
+"""The listener, the registry of live sessions, signals and graceful shutdown.
+
+The proxy accepts connections itself (:class:`Acceptor`) rather than through
+``loop.create_server``: when accept() fails for lack of file descriptors, uvloop's listener
+(libuv) silently accepts and closes the waiting connections, its "EMFILE trick", or, when
+that fails too, closes the listener for good, and nothing is logged. Here the failure is
+logged (rate-limited), accepting pauses for ``ACCEPT_RETRY_DELAY`` and resumes by itself;
+connected clients are served all along and waiting ones stay in the backlog.
+
+Clients over ``max_client_conn`` (every open connection counts, whatever its phase) are
+still accepted, to be told ``53300 sorry, too many clients already`` after their startup
+packet as PostgreSQL does; their CancelRequests are forwarded. Refusals are logged at most
+once per ``LOG_INTERVAL`` seconds, with their count.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import os
 import signal
+import socket
 import ssl
-from typing import Protocol
+import stat
+from collections.abc import Callable
 
 from .config import Address, Config
-from .relay import ClientProtocol
+from .logfmt import RateLimitedLog
+from .relay import ADMIN_SHUTDOWN, ClientProtocol
 from .session import Session
+from .streams import Dialect
 from .upstream import UpstreamTLS
 
 log = logging.getLogger("pgdp.server")
 session_log = logging.getLogger("pgdp.session")
+
+LOG_INTERVAL = 10.0  # seconds between two lines about the same repeated event
+CLOSE_GRACE = 1.0  # seconds sessions told to end get to flush before they are aborted
+BACKLOG = 4096
+ACCEPT_BATCH = 128  # accepts per wakeup: a busy listener cannot starve the sessions
+ACCEPT_RETRY_DELAY = 0.1  # seconds accepting pauses after accept() failed
 
 
 class ListenError(OSError):
     """The listen address could not be bound (in use, not permitted, unknown host)."""
 
 
-class Dialect(Protocol):
-    """Statements the proxy rewrites: a cheap byte pre-test and per-session hooks."""
+class Acceptor:
+    """Accepts connections on one non-blocking listening socket (``loop.add_reader``) and
+    hands each to ``adopt``. When accept() fails (EMFILE, ENFILE, ENOBUFS…) it calls
+    ``on_error`` and stops watching the socket for ``ACCEPT_RETRY_DELAY`` seconds."""
 
-    def might_rewrite(self, body: bytes) -> bool: ...
+    def __init__(
+        self,
+        sock: socket.socket,
+        adopt: Callable[[socket.socket], None],
+        on_error: Callable[[OSError], None],
+    ) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._adopt = adopt
+        self._on_error = on_error
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
 
-    def attach(self, session: Session) -> None:
-        """Set ``session.rewrite`` and ``session.on_outcome`` for a new session."""
+    def start(self) -> None:
+        self._loop.add_reader(self._fd, self._accept)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()  # the reader is off already
+        else:
+            self._loop.remove_reader(self._fd)
+        self._sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # reset while in the backlog
+            except OSError as exc:
+                self._on_error(exc)
+                self._loop.remove_reader(self._fd)
+                self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
+                return
+            self._adopt(conn)
+
+    def _resume(self) -> None:
+        self._retry = None
+        self._loop.add_reader(self._fd, self._accept)
+
+
+async def bind_listeners(listen: Address, *, reuse_port: bool) -> list[socket.socket]:
+    """Listening, non-blocking sockets for ``listen``: one per address its host resolves
+    to, or the Unix-domain socket (a stale socket file is replaced, as asyncio does)."""
+    if listen.unix_path:
+        return [_unix_listener(listen.unix_path)]
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _unix_listener(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _address(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
 
 
 class ProxyServer:
@@ -54,7 +172,12 @@ class ProxyServer:
         self.upstream = upstream
         self._dialect = dialect
         self.clients: set[ClientProtocol] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._admitted = 0  # clients in ``clients`` not over max_client_conn
+        self._refusals = RateLimitedLog(self._log_refusals, LOG_INTERVAL)
+        self._acceptors: list[Acceptor] = []
+        self._adopting: set[asyncio.Task[None]] = set()  # accepted, not yet connected
+        self._accept_error: OSError | None = None
+        self._accept_errors = RateLimitedLog(self._log_accept_errors, LOG_INTERVAL)
         self._stopped = asyncio.Event()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
@@ -62,30 +185,49 @@ class ProxyServer:
     # --- listening -------------------------------------------------------------------
 
     async def start(self) -> list[str]:
-        """Bind the listen address; return the bound addresses as ``host:port`` strings."""
-        loop = asyncio.get_running_loop()
+        """Bind the listen address and start accepting; return the bound addresses as
+        ``host:port`` strings (or socket paths)."""
         listen = self.config.listen
         try:
-            if listen.unix_path:
-                self._server = await loop.create_unix_server(self._new_client, listen.unix_path)
-            else:
-                self._server = await loop.create_server(
-                    self._new_client,
-                    listen.host,
-                    listen.port,
-                    backlog=4096,
-                    reuse_address=True,
-                    reuse_port=self.config.workers > 1,
-                )
+            sockets = await bind_listeners(listen, reuse_port=self.config.workers > 1)
         except OSError as exc:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-        bound = []
-        for sock in self._server.sockets:
-            name = sock.getsockname()
-            bound.append(f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name))
+        self._acceptors = [Acceptor(sock, self._adopt, self._accept_failed) for sock in sockets]
+        bound = [_address(sock) for sock in sockets]
+        for acceptor in self._acceptors:
+            acceptor.start()
         return bound
 
+    def _adopt(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._connect_accepted(conn))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _connect_accepted(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._new_client, conn)
+        except OSError:  # lost before the loop took it over
+            conn.close()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self._accept_error = exc
+        self._accept_errors()
+
+    def _log_accept_errors(self, count: int) -> None:
+        exc = self._accept_error
+        assert exc is not None
+        log.error(
+            "accept failed: %s (%s), %d time(s) since the last report; retrying every %gs, "
+            "connected clients are still served",
+            exc.strerror or exc,
+            errno.errorcode.get(exc.errno or 0, "?"),
+            count,
+            ACCEPT_RETRY_DELAY,
+        )
+
     def _new_client(self) -> ClientProtocol:
+        over_limit = self._admitted >= self.config.max_client_conn
         client = ClientProtocol(
             self.config,
             self.upstream,
@@ -93,25 +235,36 @@ class ProxyServer:
             self._client_closed,
             self._tls,
             self._upstream_tls,
+            on_refused=self._refusals if over_limit else None,
         )
+        if not over_limit:
+            self._admitted += 1
         self.clients.add(client)
         self._all_closed.clear()
         return client
 
     def _new_session(self, client_address: str) -> Session:
-        session = Session(
-            client_address=client_address, max_message_size=self.config.max_message_size
+        return Session(
+            client_address=client_address,
+            max_message_size=self.config.max_message_size,
+            dialect=self._dialect,
         )
-        if self._dialect is not None:
-            session.might_rewrite = self._dialect.might_rewrite
-            self._dialect.attach(session)
-        return session
+
+    def _log_refusals(self, count: int) -> None:
+        log.warning(
+            "too many clients already (max-client-conn %d): %d connection(s) refused "
+            "since the last report",
+            self.config.max_client_conn,
+            count,
+        )
 
     def _client_closed(self, client: ClientProtocol) -> None:
         if client in self.clients:
             self.clients.discard(client)
+            if not client.over_limit:
+                self._admitted -= 1
         session = client.session
-        if session is not None and session.user:
+        if session is not None and session.user and not client.over_limit:
             session_log.info(
                 "%s closed duration=%.3fs bytes_in=%d bytes_out=%d",
                 session.describe(),
@@ -132,8 +285,8 @@ class ProxyServer:
     def request_stop(self, graceful: bool) -> None:
         """SIGTERM (graceful): stop accepting, let sessions finish. SIGINT: close all now."""
         log.info("stopping (%s)", "graceful" if graceful else "immediate")
-        if self._server is not None:
-            self._server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         if not graceful:
             for client in list(self.clients):
                 client.abort()
@@ -150,8 +303,17 @@ class ProxyServer:
                 async with asyncio.timeout(self.config.shutdown_timeout):
                     await self._all_closed.wait()
             except TimeoutError:
-                log.warning("closing %d sessions still open", len(self.clients))
-                for client in list(self.clients):
-                    client.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+                await self._end_sessions()
+
+    async def _end_sessions(self) -> None:
+        """After ``shutdown_timeout``: tell every session still open, as PostgreSQL does
+        (57P01), close it and its server leg; abort what has not closed within CLOSE_GRACE."""
+        log.warning("closing %d sessions still open", len(self.clients))
+        for client in list(self.clients):
+            client.terminate(ADMIN_SHUTDOWN, abort_server=False)
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._all_closed.wait()
+        except TimeoutError:
+            for client in list(self.clients):
+                client.abort()

@@ -15,14 +15,8 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
-from .streams import (
-    BackendStream,
-    FrontendStream,
-    MightRewrite,
-    OutcomeListener,
-    ReplyPlans,
-    Rewriter,
-)
+from .logfmt import value
+from .streams import BackendStream, Dialect, FrontendStream, SessionState, ShapedStatement
 from .wire import ProtocolViolation, StartupKind, StartupPacket, StartupParser
 
 _connection_ids = itertools.count(1)
@@ -54,9 +48,7 @@ class Session:
 
     client_address: str
     max_message_size: int
-    might_rewrite: MightRewrite | None = None
-    rewrite: Rewriter | None = None
-    on_outcome: OutcomeListener | None = None
+    dialect: Dialect | None = None
     connection_id: int = field(default_factory=lambda: next(_connection_ids))
     phase: Phase = Phase.STARTUP
     tls_available: bool = False  # the proxy has a certificate for clients
@@ -66,6 +58,7 @@ class Session:
     application_name: str = ""
     started: float = field(default_factory=time.monotonic)
     startup: StartupParser = field(default_factory=StartupParser)
+    state: SessionState | None = None
     frontend: FrontendStream | None = None
     backend: BackendStream | None = None
 
@@ -86,29 +79,43 @@ class Session:
         self.user = params.get("user", "")
         self.database = params.get("database", self.user)
         self.application_name = params.get("application_name", "")
-        plans = ReplyPlans()
+        self.state = SessionState()
         self.frontend = FrontendStream(
-            plans,
-            max_message_size=self.max_message_size,
-            might_rewrite=self.might_rewrite,
-            rewrite=self.rewrite,
+            self.state, max_message_size=self.max_message_size, dialect=self.dialect
         )
-        self.backend = BackendStream(plans, self.on_outcome)
+        self.backend = BackendStream(
+            self.state, self._outcome if self.dialect is not None else None
+        )
         self.phase = Phase.CONNECTING
         return StartupAction.CONNECT
 
     def login_complete(self) -> bool:
         """True once the server's first ReadyForQuery has passed: the client is
         authenticated and its session is ready."""
-        return self.backend is not None and self.backend.answering_group >= 0
+        return self.state is not None and self.state.ready
+
+    def release(self) -> None:
+        """The connection is closed: drop what the streams still buffer."""
+        if self.frontend is not None:
+            self.frontend.release()
+        if self.backend is not None:
+            self.backend.release()
+
+    def _outcome(
+        self, shaped: ShapedStatement, tag: bytes, error: list[tuple[int, bytes]] | None
+    ) -> None:
+        assert self.dialect is not None
+        self.dialect.outcome(self, shaped, error)
 
     def duration(self) -> float:
         return time.monotonic() - self.started
 
     def describe(self) -> str:
-        """``key=value`` fields for log lines (never credentials)."""
+        """``key=value`` fields for log lines (never credentials). The client's own text
+        is escaped (:func:`proxy.logfmt.value`): it cannot add fields or lines."""
         return (
-            f"conn={self.connection_id} client={self.client_address} "
-            f"user={self.user or '-'} db={self.database or '-'}"
+            f"conn={self.connection_id} client={value(self.client_address)} "
+            f"user={value(self.user) if self.user else '-'} "
+            f"db={value(self.database) if self.database else '-'}"
             + (" tls=on" if self.tls_active else "")
         )

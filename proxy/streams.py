@@ -26,10 +26,15 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .wire import ProtocolViolation, build_fields, cstring_at, message, parse_fields
 
+PG_MAX_AUTH_TOKEN_LENGTH = 65535
+"""The largest message PostgreSQL accepts while authenticating (password, SASL, GSS)."""
+
 _unpack_int32 = struct.Struct("!I").unpack_from
+_pack_int32 = struct.Struct("!I").pack
 
 # Frontend message types (client → server) that need more than a header; the hot loop in
 # FrontendStream.feed spells the others (Sync, FunctionCall, CopyDone/Fail) as literals.
@@ -53,12 +58,14 @@ _SCRAM_PLUS = b"SCRAM-SHA-256-PLUS"
 CLEAN_CONNECTION_TAG = b"CLEAN CONNECTION"
 
 # Per-type class of backend messages, looked up by type byte: one index, one truth test for
-# the common DataRow. 1 = completion, 2 = ReadyForQuery, 3 = ParameterStatus.
+# the common DataRow. 1 = completion, 2 = ReadyForQuery, 3 = ParameterStatus,
+# 4 = Authentication (only ever seen during startup).
 _BACKEND_KIND = bytearray(256)
 for _t in (_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED):
     _BACKEND_KIND[_t] = 1
 _BACKEND_KIND[_READY_FOR_QUERY] = 2
 _BACKEND_KIND[_PARAMETER_STATUS] = 3
+_BACKEND_KIND[_AUTHENTICATION] = 4
 _BACKEND_KIND = bytes(_BACKEND_KIND)
 
 _FIELD_CODE = ord("C")
@@ -98,24 +105,21 @@ class ShapedStatement:
 class Rewrite:
     """What the rewriter made of one Query/Parse text.
 
-    ``sql`` replaces the text; ``renamed`` maps the indexes, among the non-empty statements
-    of the text, whose completion becomes ``CLEAN CONNECTION`` to their original text.
-    ``spans`` lists, in order, each replaced piece as (start in the original text, its
-    length, the replacement's length), in characters: error positions the server reports
-    in the rewritten text are mapped back into the client's text with them.
+    ``sql`` replaces the text (None: forward the original bytes); ``renamed`` maps the
+    indexes, among the non-empty statements of the text, whose completion becomes
+    ``CLEAN CONNECTION`` to their original text. ``spans`` lists, in order, each replaced
+    piece as (start in the original text, its length, the replacement's length), in
+    characters: error positions the server reports in the rewritten text are mapped back
+    into the client's text with them. ``redefines`` names the prepared statements the text
+    deallocates or redefines by SQL (None: all of them).
     """
 
-    sql: bytes
+    sql: bytes | None
     renamed: tuple[tuple[int, str], ...] = ()
     syntax_fix: SyntaxFix | None = None
     spans: tuple[tuple[int, int, int], ...] = ()
+    redefines: tuple[bytes | None, ...] = ()
 
-
-Rewriter = Callable[[bytes], Rewrite | None]
-"""Given a Query/Parse text (client bytes, no trailing NUL), the rewrite or ``None``."""
-
-MightRewrite = Callable[[bytes], bool]
-"""Cheap pre-test on a raw Query/Parse body: ``False`` means the rewriter has nothing to do."""
 
 OutcomeListener = Callable[[ShapedStatement, bytes, "list[tuple[int, bytes]] | None"], None]
 """Told the outcome of each shaped statement: its CommandComplete tag (b"" on error) and
@@ -135,17 +139,41 @@ class ReplyPlan:
     spans: tuple[tuple[int, int, int], ...] = ()
 
 
-class ReplyPlans:
-    """Plans shared by the two streams of one session, ordered by group.
+class SessionState:
+    """Protocol state of one session that both streams and the rewriter see.
 
-    A plain list: plans are rare and short-lived, and an empty deque costs ~700 bytes
-    per idle session.
+    The backend stream is the only writer of what the server reports (authentication,
+    readiness, ParameterStatus values, groups answered); the frontend stream is the only
+    writer of what the client sent (groups sent). ``queue`` holds the outstanding
+    :class:`ReplyPlan` objects, ordered by group: a plain list, as plans are rare and
+    short-lived and an empty deque costs ~700 bytes per idle session.
     """
 
-    __slots__ = ("queue",)
+    __slots__ = (
+        "answering_group",
+        "auth_request",
+        "authenticated",
+        "client_encoding",
+        "groups_sent",
+        "queue",
+        "ready",
+        "server_encoding",
+        "standard_conforming_strings",
+    )
 
     def __init__(self) -> None:
         self.queue: list[ReplyPlan] = []
+        self.authenticated = False  # the server's AuthenticationOk has passed
+        self.ready = False  # its first ReadyForQuery has passed: the session is logged in
+        self.auth_request = 0  # the last authentication request code the server sent
+        self.client_encoding = "UTF8"
+        self.server_encoding = "UTF8"
+        self.standard_conforming_strings = True
+        # Response groups (see the module docstring): opened by the client, closed by the
+        # server's ReadyForQuery. The first ReadyForQuery ends the startup phase and moves
+        # answering_group from -1 to 0.
+        self.groups_sent = 0
+        self.answering_group = -1
 
     def for_group(self, group: int) -> ReplyPlan:
         if self.queue and self.queue[-1].group == group:
@@ -160,47 +188,97 @@ class ReplyPlans:
                 plan.group -= by
 
 
+class Dialect(Protocol):
+    """The statements a session rewrites: what the frontend stream calls, and when.
+
+    ``might_rewrite`` is the cheap pre-test on a whole Query/Parse body that arrived in
+    one read; ``scanner`` starts an incremental scan of a text beginning at ``start`` of
+    the buffers later given to its ``feed(buf, limit) -> bool`` (True once the text's NUL
+    was reached); ``rewrite`` gets the text ``buf[start:end]`` (``end`` at its NUL) with
+    the finished scan and returns the :class:`Rewrite`, or None to forward it unchanged.
+    ``tracking`` says that rewritten named statements exist, whose SQL-level redefinition
+    (DEALLOCATE, PREPARE, DISCARD ALL) must be reported; ``settled`` that no message sent
+    before this one can still change the session's encoding or string syntax.
+    """
+
+    def might_rewrite(self, body: bytes) -> bool: ...
+
+    def scanner(self, state: SessionState, start: int, tracking: bool) -> Scanner: ...
+
+    def rewrite(
+        self,
+        buf: bytes,
+        start: int,
+        end: int,
+        scan: Scanner,
+        state: SessionState,
+        settled: bool,
+    ) -> Rewrite | None: ...
+
+    def outcome(
+        self, session: Any, shaped: ShapedStatement, error: list[tuple[int, bytes]] | None
+    ) -> None:
+        """Told the outcome of each shaped statement (``error``: its ErrorResponse fields)."""
+
+
+class Scanner(Protocol):
+    """An incremental scan of one text; ``found`` once done: the rewriter has work."""
+
+    found: bool
+
+    def feed(self, buf: bytes | bytearray, limit: int) -> bool: ...
+
+
 class FrontendStream:
-    """Client → server framing for the ready phase (and the authentication exchange)."""
+    """Client → server framing from the first message after the StartupMessage.
+
+    Until the server's AuthenticationOk has passed, the client may only answer
+    authentication requests: password/SASL/GSS messages (``p``) up to PostgreSQL's
+    65,535 bytes, streamed through; anything else once the server has asked for
+    authentication is refused as PostgreSQL refuses it. Nothing is inspected or held for
+    rewriting before the session is ready (its first ReadyForQuery).
+    """
 
     __slots__ = (
+        "_dialect",
         "_executes",
         "_executes_before_sync",
         "_max",
         "_might_rewrite",
         "_pending",
         "_pending_need",
-        "_plans",
         "_portals",
-        "_rewrite",
+        "_scan",
+        "_scan_start",
+        "_state",
         "_statements",
         "_stream_left",
         "_syncs_since_execute",
         "_tracking",
-        "groups_sent",
     )
 
     def __init__(
         self,
-        plans: ReplyPlans,
+        state: SessionState,
         *,
         max_message_size: int,
-        might_rewrite: MightRewrite | None = None,
-        rewrite: Rewriter | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
-        self._plans = plans
+        self._state = state
         self._max = max_message_size
-        # The pre-test only matters when there is a rewriter to run when it fires.
-        self._might_rewrite = might_rewrite if rewrite is not None else None
-        self._rewrite = rewrite
+        self._dialect = dialect
+        self._might_rewrite = dialect.might_rewrite if dialect is not None else None
         # A partial header, or a Query/Parse/tracked message not yet whole, and how many
         # bytes it must reach before parsing is worth retrying (appending is amortised O(1):
         # a 100 MB query in 256 kB reads must not be re-copied on every read).
         self._pending = bytearray()
         self._pending_need = 0
+        # The scan of the pending Query/Parse text, advanced as its bytes arrive, and the
+        # offset of that text in the message (0: not known yet).
+        self._scan: Scanner | None = None
+        self._scan_start = 0
         self._stream_left = 0  # bytes of a streamed message still to pass through
         # Response-group accounting (see module docstring).
-        self.groups_sent = 0
         self._executes = 0
         self._syncs_since_execute = 0
         self._executes_before_sync = 0
@@ -209,8 +287,22 @@ class FrontendStream:
         self._portals: dict[bytes, str] = {}
         self._tracking = False
 
+    @property
+    def groups_sent(self) -> int:
+        return self._state.groups_sent
+
+    def release(self) -> None:
+        """Drop buffered bytes: the session is over."""
+        self._pending = bytearray()
+        self._scan = None
+        self._statements.clear()
+        self._portals.clear()
+
     def feed(self, data: bytes) -> list[bytes]:
         """The chunks to send to the server for ``data`` received from the client."""
+        state = self._state
+        if not state.ready:
+            return self._feed_login(data)
         out: list[bytes] = []
         left = self._stream_left
         if left:
@@ -223,6 +315,7 @@ class FrontendStream:
         if self._pending:
             self._pending += data
             if len(self._pending) < self._pending_need:
+                self._advance_scan()
                 return out
             data = bytes(self._pending)
             self._pending = bytearray()
@@ -231,6 +324,7 @@ class FrontendStream:
         max_size = self._max
         tracking = self._tracking
         might = self._might_rewrite
+        scan = self._scan  # set when the first message is a Query/Parse scanned while pending
         unpack = _unpack_int32
         # Hot loop: type bytes are literals (LOAD_CONST) rather than module globals.
         while n - pos >= 5:
@@ -244,34 +338,45 @@ class FrontendStream:
                 if end > n:
                     break
                 if t == 0x51:  # Query: opens a response group
-                    self.groups_sent += 1
+                    state.groups_sent += 1
                     self._executes = 0
                     self._syncs_since_execute = 0
                 # The pre-test inline: a Query/Parse without the word costs one call.
-                if (t != 0x51 and t != 0x50) or (might is not None and might(data[pos + 5 : end])):
-                    replacement = self._inspect(t, data, pos + 5, end)
+                if (
+                    (t != 0x51 and t != 0x50)
+                    or scan is not None
+                    or (
+                        might is not None
+                        and (
+                            might(data[pos + 5 : end])
+                            or (tracking and _redefines(data[pos + 5 : end]))
+                        )
+                    )
+                ):
+                    replacement = self._inspect(t, data, pos, end)
+                    scan = None
                 elif t == 0x50 and tracking:  # a redefined name is no longer rewritten
-                    replacement = self._forget_statement(cstring_at(data, pos + 5)[0])
+                    replacement = self._forget_parsed(data, pos)
                 else:
                     replacement = None
                 tracking = self._tracking
                 if replacement is not None:
                     if pos > run_start:
                         out.append(data[run_start:pos])
-                    out.append(replacement)
+                    out.extend(replacement)
                     run_start = end
             else:
                 if t == 0x53:  # Sync
                     if self._syncs_since_execute == 0:
                         self._executes_before_sync = self._executes
                     self._syncs_since_execute += 1
-                    self.groups_sent += 1
+                    state.groups_sent += 1
                     self._executes = 0
                 elif t == 0x45:  # Execute
                     self._executes += 1
                     self._syncs_since_execute = 0
                 elif t == 0x46:  # FunctionCall
-                    self.groups_sent += 1
+                    state.groups_sent += 1
                 elif t == 0x63 or t == 0x66:  # CopyDone, CopyFail
                     self._on_copy_end()
                 if end > n:
@@ -283,8 +388,52 @@ class FrontendStream:
             out.append(data[run_start:pos])
         if pos < n:
             self._pending = bytearray(data[pos:])
-            self._pending_need = end - pos if n - pos >= 5 else 5
+            if n - pos >= 5:
+                self._pending_need = end - pos
+                self._start_scan(data[pos])
+            else:
+                self._pending_need = 5
         return out
+
+    # --- before the session is ready ---------------------------------------------------
+
+    def _feed_login(self, data: bytes) -> list[bytes]:
+        """Frame and forward, inspecting nothing (the session is not logged in yet)."""
+        state = self._state
+        left = self._stream_left
+        if left >= len(data):
+            self._stream_left = left - len(data)
+            return [data]
+        self._stream_left = 0
+        if self._pending:
+            self._pending += data
+            data = bytes(self._pending)
+            self._pending = bytearray()
+        n = len(data)
+        pos = left
+        while n - pos >= 5:
+            t = data[pos]
+            length = _unpack_int32(data, pos + 1)[0]
+            if length < 4:
+                raise ProtocolViolation(f"invalid message length {length}")
+            if not state.authenticated:
+                if t == 0x70:  # PasswordMessage / SASL / GSS response
+                    if length > PG_MAX_AUTH_TOKEN_LENGTH:
+                        raise ProtocolViolation("invalid message length")
+                elif state.auth_request:
+                    raise ProtocolViolation(_expected_auth_response(state.auth_request, t))
+            if length > self._max:
+                raise ProtocolViolation(f"invalid message length {length}")
+            if t == 0x51 or t == 0x53 or t == 0x46:  # Query, Sync, FunctionCall
+                state.groups_sent += 1
+            pos += 1 + length
+        if pos > n:
+            self._stream_left = pos - n
+        elif pos < n:
+            self._pending = bytearray(data[pos:])
+            self._pending_need = 5
+            return [data[:pos]] if pos else []
+        return [data]
 
     # --- accounting ------------------------------------------------------------------
 
@@ -293,22 +442,47 @@ class FrontendStream:
         # after an Execute it did not know was a COPY. Those Syncs open no group.
         void = self._syncs_since_execute
         if void:
-            self.groups_sent -= void
-            self._plans.shift(self.groups_sent + void, void)
+            state = self._state
+            state.groups_sent -= void
+            state.shift(state.groups_sent + void, void)
             self._executes = self._executes_before_sync
             self._syncs_since_execute = 0
 
+    # --- scanning a Query / Parse text that spans reads ---------------------------------
+
+    def _start_scan(self, t: int) -> None:
+        """The pending message is a Query/Parse: scan its text as its bytes arrive."""
+        self._scan = None
+        self._scan_start = 0
+        if (t == 0x51 or t == 0x50) and self._dialect is not None:
+            self._scan_start = 5 if t == 0x51 else -1
+            self._advance_scan()
+
+    def _advance_scan(self) -> None:
+        if self._scan_start == 0:
+            return
+        pending = self._pending
+        if self._scan is None:
+            if self._scan_start < 0:  # Parse: the text starts after the statement name
+                nul = pending.find(b"\0", 5)
+                if nul < 0:
+                    return
+                self._scan_start = nul + 1
+            assert self._dialect is not None
+            self._scan = self._dialect.scanner(self._state, self._scan_start, self._tracking)
+        self._scan.feed(pending, len(pending))
+
     # --- inspection of whole Query / Parse / Bind / Execute / Close -------------------
 
-    def _inspect(self, t: int, data: bytes, start: int, end: int) -> bytes | None:
+    def _inspect(self, t: int, data: bytes, pos: int, end: int) -> list[bytes] | None:
         if t == _QUERY:  # the loop has counted its group already
-            return self._inspect_query(data, start, end, self.groups_sent - 1)
+            return self._inspect_query(data, pos, end, self._state.groups_sent - 1)
         if t == _PARSE:
-            return self._inspect_parse(data, start, end)
-        body = data[start:end]
+            return self._inspect_parse(data, pos, end)
+        body = data[pos + 5 : end]  # strings are looked for within the message only
         if t == _BIND:
-            portal, pos = cstring_at(body, 0)
-            statement, _ = cstring_at(body, pos)
+            portal, at = cstring_at(body, 0)
+            statement, _ = cstring_at(body, at)
             text = self._statements.get(statement)
             if text is not None:
                 self._portals[portal] = text
@@ -319,50 +493,123 @@ class FrontendStream:
             text = self._portals.get(portal)
             if text is not None:
                 shaped = ShapedStatement(text, time.monotonic())
-                self._plans.for_group(self.groups_sent).renamed_slots[self._executes] = shaped
+                self._state.for_group(self._state.groups_sent).renamed_slots[self._executes] = (
+                    shaped
+                )
             self._executes += 1
             self._syncs_since_execute = 0
         else:  # Close
+            if not body:
+                raise ProtocolViolation("invalid message format")
             name, _ = cstring_at(body, 1)
             (self._statements if body[:1] == b"S" else self._portals).pop(name, None)
         self._tracking = bool(self._statements or self._portals)
         return None
 
-    def _inspect_query(self, data: bytes, start: int, end: int, group: int) -> bytes | None:
+    def _rewrite(self, data: bytes, pos: int, start: int, text_end: int) -> Rewrite | None:
+        """Finish the scan of the text ``data[start:text_end]`` and ask for its rewrite.
+
+        ``pos`` is the message's offset in ``data``; a scan begun while the message was
+        pending has offsets relative to the message start.
+        """
+        dialect = self._dialect
+        assert dialect is not None
+        scan = self._scan
+        self._scan = None
+        self._scan_start = 0
+        if scan is None or pos != 0:
+            scan = dialect.scanner(self._state, start, self._tracking)
+        scan.feed(data, text_end + 1)
+        if not scan.found:
+            return None
+        state = self._state
+        # Settled: no earlier message can still change client_encoding or
+        # standard_conforming_strings before the server reads this one.
+        settled = state.answering_group >= state.groups_sent - (data[pos] == _QUERY) and not (
+            data[pos] == _PARSE and self._executes
+        )
+        return dialect.rewrite(data, start, text_end, scan, state, settled)
+
+    def _inspect_query(self, data: bytes, pos: int, end: int, group: int) -> list[bytes] | None:
         """A Query whose pre-test fired: rewrite it and file the plan for its group."""
-        sql = data[start : end - 1]  # without the terminating NUL
-        rewrite = self._rewrite(sql)
+        text_end = end - 1
+        if data[text_end] != 0 or data.find(b"\0", pos + 5, text_end) >= 0:
+            self._scan = None
+            self._scan_start = 0
+            return None  # not one NUL-terminated string: the server rejects it whole
+        rewrite = self._rewrite(data, pos, pos + 5, text_end)
         if rewrite is None:
             return None
-        plan = self._plans.for_group(group)
+        self._forget_redefined(rewrite)
+        if not rewrite.renamed and rewrite.syntax_fix is None:
+            return None
+        plan = self._state.for_group(group)
         now = time.monotonic()
         for index, text in rewrite.renamed:
             plan.renamed_slots[index] = ShapedStatement(text, now)
         plan.syntax_fix = rewrite.syntax_fix
         plan.spans = rewrite.spans
-        if rewrite.sql == sql:
+        if rewrite.sql is None or memoryview(data)[pos + 5 : text_end] == rewrite.sql:
             return None
-        return message(b"Q", rewrite.sql + b"\0")
+        # Written as pieces (writelines): a rewritten 100 MB query is not copied again.
+        return [b"Q" + _pack_int32(len(rewrite.sql) + 5), rewrite.sql, b"\0"]
 
-    def _inspect_parse(self, data: bytes, start: int, end: int) -> bytes | None:
+    def _inspect_parse(self, data: bytes, pos: int, end: int) -> list[bytes] | None:
         """A Parse whose pre-test fired: rewrite it and remember the statement's name."""
-        body = data[start:end]
-        name, sql_start = cstring_at(body, 0)
-        sql, params_start = cstring_at(body, sql_start)
-        rewrite = self._rewrite(sql)
-        if rewrite is None or not rewrite.renamed:
-            self._forget_statement(name)
-            if rewrite is not None and rewrite.syntax_fix is not None:
-                self._plans.for_group(self.groups_sent).syntax_fix = rewrite.syntax_fix
+        name, text_start = cstring_at(data, pos + 5, end)
+        text_end = cstring_at(data, text_start, end)[1] - 1
+        rewrite = self._rewrite(data, pos, text_start, text_end)
+        self._forget_statement(name)
+        if rewrite is None:
+            return None
+        self._forget_redefined(rewrite)
+        if not rewrite.renamed:
+            if rewrite.syntax_fix is not None:
+                self._state.for_group(self._state.groups_sent).syntax_fix = rewrite.syntax_fix
             return None
         self._statements[name] = rewrite.renamed[0][1]
         self._tracking = True
-        return message(b"P", name + b"\0" + rewrite.sql + b"\0" + body[params_start:])
+        assert rewrite.sql is not None
+        return [message(b"P", name + b"\0" + rewrite.sql + b"\0" + data[text_end + 1 : end])]
+
+    def _forget_redefined(self, rewrite: Rewrite) -> None:
+        """SQL-level DEALLOCATE / PREPARE / DISCARD ALL in the text end the tracking of
+        the statement names they touch (all of them for ``None``)."""
+        if not rewrite.redefines:
+            return
+        for name in rewrite.redefines:
+            if name is None:
+                self._statements.clear()
+                self._portals.clear()
+                break
+            self._statements.pop(name, None)
+        self._tracking = bool(self._statements or self._portals)
+
+    def _forget_parsed(self, data: bytes, pos: int) -> None:
+        """A Parse the pre-test let through: its name no longer holds a rewritten text."""
+        end = pos + 1 + _unpack_int32(data, pos + 1)[0]
+        self._forget_statement(cstring_at(data, pos + 5, end)[0])
 
     def _forget_statement(self, name: bytes) -> None:
-        """Returns None (nothing to replace): ``name`` is no longer a rewritten statement."""
+        """``name`` is no longer a rewritten statement."""
         self._statements.pop(name, None)
         self._tracking = bool(self._statements or self._portals)
+
+
+def _redefines(body: bytes) -> bool:
+    """Pre-test while named statements are tracked: could ``body`` redefine one by SQL?"""
+    lowered = body.lower()
+    return (
+        lowered.find(b"deallocate") >= 0
+        or lowered.find(b"prepare") >= 0
+        or lowered.find(b"discard") >= 0
+    )
+
+
+def _expected_auth_response(request: int, t: int) -> str:
+    """PostgreSQL's message for a non-authentication message during authentication."""
+    kind = {7: "GSS", 8: "GSS", 9: "GSS", 10: "SASL", 11: "SASL"}.get(request, "password")
+    return f"expected {kind} response, got message type {t}"
 
 
 class BackendStream:
@@ -370,31 +617,41 @@ class BackendStream:
 
     __slots__ = (
         "_carry",
+        "_carry_need",
         "_completions",
         "_on_outcome",
-        "_plans",
         "_skip",
-        "answering_group",
-        "client_encoding",
+        "_state",
         "strip_scram_plus",
     )
 
-    def __init__(self, plans: ReplyPlans, on_outcome: OutcomeListener | None = None) -> None:
-        self._plans = plans
+    def __init__(self, state: SessionState, on_outcome: OutcomeListener | None = None) -> None:
+        self._state = state
         self._on_outcome = on_outcome
-        # Index of the group being answered. The server's first ReadyForQuery ends the
-        # startup phase, not a client group: it moves this from -1 to 0.
-        self.answering_group = -1
         self._completions = 0
         self._skip = 0  # bytes of the current message body still to pass through
-        self._carry = b""  # a partial header, or a message held whole for shaping
-        self.client_encoding = "UTF8"  # as the server last reported it (ParameterStatus)
+        # A partial header, or a message held whole for shaping, and the length it must
+        # reach: accumulated in place, so a 100 MB message held back costs linear time.
+        self._carry = bytearray()
+        self._carry_need = 0
         # Set when both sides are TLS: remove SCRAM-SHA-256-PLUS from AuthenticationSASL.
         self.strip_scram_plus = False
+
+    @property
+    def answering_group(self) -> int:
+        return self._state.answering_group
+
+    @property
+    def client_encoding(self) -> str:
+        return self._state.client_encoding
 
     def at_message_boundary(self) -> bool:
         """True when the bytes forwarded so far end exactly at a message boundary."""
         return not self._skip and not self._carry
+
+    def release(self) -> None:
+        """Drop buffered bytes: the session is over."""
+        self._carry = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
         """The chunks to send to the client for ``data`` received from the server."""
@@ -405,9 +662,13 @@ class BackendStream:
                 return [data]
             self._skip = 0
         if self._carry:
-            data = self._carry + data
-            self._carry = b""
-        if self._plans.queue or self.strip_scram_plus:
+            self._carry += data
+            if len(self._carry) < self._carry_need:
+                return []
+            data = bytes(self._carry)
+            self._carry = bytearray()
+        state = self._state
+        if state.queue or self.strip_scram_plus:
             return self._walk_shaping(data, pos)
         # Nothing to shape: count groups and forward ``data`` as it is (the hot path).
         n = len(data)
@@ -423,12 +684,13 @@ class BackendStream:
                 if kind == 1:
                     completions += 1
                 elif kind == 2:
-                    self.answering_group += 1
+                    state.answering_group += 1
+                    state.ready = True
                     completions = 0
-                elif pos + 1 + length <= n:
-                    self._parameter_status(data[pos + 5 : pos + 1 + length])
+                elif pos + 1 + length <= n:  # ParameterStatus, Authentication: whole
+                    self._session_message(kind, data, pos + 5, pos + 1 + length)
                 else:
-                    break  # hold a split ParameterStatus back until it is whole
+                    break  # hold it back until it is whole
             pos += 1 + length
         self._completions = completions
         if pos > n:
@@ -436,20 +698,40 @@ class BackendStream:
         elif pos < n:
             # A partial header (or ParameterStatus): hold it back so the next read starts
             # on a boundary.
-            self._carry = data[pos:]
+            self._hold(data, pos, n)
             return [data[:pos]] if pos else []
         return [data]
 
-    def _parameter_status(self, body: bytes) -> None:
-        name, value, _ = body.split(b"\0", 2)
+    def _hold(self, data: bytes, pos: int, n: int) -> None:
+        self._carry = bytearray(data[pos:])
+        self._carry_need = 1 + _unpack_int32(data, pos + 1)[0] if n - pos >= 5 else 5
+
+    def _session_message(self, kind: int, data: bytes, start: int, end: int) -> None:
+        """A whole ParameterStatus (kind 3) or Authentication message (kind 4)."""
+        state = self._state
+        if kind == 4:
+            if end - start >= 4:
+                state.auth_request = _unpack_int32(data, start)[0]
+                if state.auth_request == 0:
+                    state.authenticated = True
+            return
+        try:
+            name, value, _ = data[start:end].split(b"\0", 2)
+        except ValueError:
+            raise ProtocolViolation("server sent a malformed ParameterStatus") from None
         if name == b"client_encoding":
-            self.client_encoding = value.decode("ascii", "replace")
+            state.client_encoding = value.decode("ascii", "replace").upper()
+        elif name == b"standard_conforming_strings":
+            state.standard_conforming_strings = value == b"on"
+        elif name == b"server_encoding":
+            state.server_encoding = value.decode("ascii", "replace").upper()
 
     def _walk_shaping(self, data: bytes, pos: int) -> list[bytes]:
         out: list[bytes] = []
         n = len(data)
         run_start = 0
-        queue = self._plans.queue
+        state = self._state
+        queue = state.queue
         while n - pos >= 5:
             t = data[pos]
             length = _unpack_int32(data, pos + 1)[0]
@@ -465,7 +747,7 @@ class BackendStream:
                         out.append(data[run_start:pos])
                     out.append(shaped)
                     run_start = end
-            plan = queue[0] if queue and queue[0].group == self.answering_group else None
+            plan = queue[0] if queue and queue[0].group == state.answering_group else None
             if plan is not None and (t == _COMMAND_COMPLETE or t == _ERROR or t == _NOTICE):
                 if end > n:
                     break  # hold the partial message until it is whole
@@ -478,15 +760,16 @@ class BackendStream:
             kind = _BACKEND_KIND[t]
             if kind == 1:
                 self._completions += 1
-            elif kind == 3:
+            elif kind >= 3:
                 if end > n:
                     break
-                self._parameter_status(data[pos + 5 : end])
+                self._session_message(kind, data, pos + 5, end)
             elif kind == 2:
-                self.answering_group += 1
+                state.answering_group += 1
+                state.ready = True
                 self._completions = 0
                 self.strip_scram_plus = False  # authentication is over
-                while queue and queue[0].group < self.answering_group:
+                while queue and queue[0].group < state.answering_group:
                     queue.pop(0)
             if end > n:
                 self._skip = end - n
@@ -496,7 +779,7 @@ class BackendStream:
         if pos > run_start:
             out.append(data[run_start:pos])
         if pos < n:
-            self._carry = data[pos:]
+            self._hold(data, pos, n)
         return out
 
     def _shape(self, plan: ReplyPlan, t: int, body: bytes) -> bytes | None:
@@ -508,7 +791,10 @@ class BackendStream:
             if self._on_outcome is not None:
                 self._on_outcome(shaped, body[:-1], None)
             return message(b"C", CLEAN_CONNECTION_TAG + b"\0")
-        fields = parse_fields(body)
+        try:
+            fields = parse_fields(body)
+        except ValueError:
+            raise ProtocolViolation("server sent a malformed error or notice") from None
         if t == _ERROR and plan.syntax_fix is not None:
             fixed = _apply_syntax_fix(plan.syntax_fix, fields)
             if fixed is not None:
@@ -559,7 +845,7 @@ def _map_position(
 
 def _without_scram_plus(body: bytes) -> bytes | None:
     """An AuthenticationSASL message without SCRAM-SHA-256-PLUS, or None to keep ``body``."""
-    if _unpack_int32(body, 0)[0] != _AUTH_SASL:
+    if len(body) < 4 or _unpack_int32(body, 0)[0] != _AUTH_SASL:
         return None
     mechanisms = [m for m in body[4:].split(b"\0") if m]
     if _SCRAM_PLUS not in mechanisms:

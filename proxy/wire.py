@@ -180,7 +180,11 @@ def command_complete(tag: bytes) -> bytes:
     return message(b"C", tag + b"\0")
 
 
-def cstring_at(body: bytes, pos: int) -> tuple[bytes, int]:
-    """The NUL-terminated string starting at ``pos`` and the offset just past its NUL."""
-    stop = body.index(b"\0", pos)
+def cstring_at(body: bytes, pos: int, end: int | None = None) -> tuple[bytes, int]:
+    """The NUL-terminated string starting at ``pos`` (before ``end``) and the offset just
+    past its NUL; :class:`ProtocolViolation` when there is none, as PostgreSQL's
+    ``invalid string in message``."""
+    stop = body.find(b"\0", pos, len(body) if end is None else end)
+    if stop < 0:
+        raise ProtocolViolation("invalid string in message")
     return body[pos:stop], stop + 1

@@ -1,4 +1,4 @@
-"""CLEAN CONNECTION semantics (DESIGN.md §4), row by row, with real victim sessions.
+"""CLEAN CONNECTION semantics (the table in README.md, "CLEAN CONNECTION"), row by row, with real victim sessions.
 
 The cleaning session goes through a proxy; victims are direct, through the same proxy and
 through a second proxy instance. After each statement the test checks exactly which

@@ -33,6 +33,8 @@ def test_defaults() -> None:
     assert config.max_message_size == PG_MAX_MESSAGE
     assert config.connect_timeout == 10.0
     assert config.shutdown_timeout == 30.0
+    assert config.client_login_timeout == 60.0
+    assert config.max_client_conn == 10000
     assert config.log_level == "info"
 
 
@@ -75,6 +77,19 @@ def test_empty_env_value_is_unset(tmp_path: Path) -> None:
     toml = write_toml(tmp_path, 'upstream = "toml-host:1"\n')
     config = load_config(["--config", toml], {"PGDP_UPSTREAM": ""})
     assert config.upstream == Address(host="toml-host", port=1)
+
+
+def test_client_limits_from_each_source(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path, "client-login-timeout = 5\nmax_client_conn = 300\n")
+    config = load_config(["--config", toml], {})
+    assert (config.client_login_timeout, config.max_client_conn) == (5.0, 300)
+    env = {"PGDP_CLIENT_LOGIN_TIMEOUT": "2.5", "PGDP_MAX_CLIENT_CONN": "40"}
+    config = load_config(["--config", toml], env)
+    assert (config.client_login_timeout, config.max_client_conn) == (2.5, 40)
+    config = load_config(
+        ["--config", toml, "--client-login-timeout", "1", "--max-client-conn", "3"], env
+    )
+    assert (config.client_login_timeout, config.max_client_conn) == (1.0, 3)
 
 
 def test_env_numbers_and_data_dir(tmp_path: Path) -> None:
@@ -181,6 +196,12 @@ def one_line_error(argv: list[str], env: dict[str, str] | None = None) -> str:
         ([], {"PGDP_CONNECT_TIMEOUT": "-1"}, "connect-timeout"),
         (["--shutdown-timeout", "0"], {}, "shutdown-timeout"),
         (["--max-message-size", "4"], {}, "max-message-size"),
+        (["--client-login-timeout", "0"], {}, "client-login-timeout"),
+        ([], {"PGDP_CLIENT_LOGIN_TIMEOUT": "nan"}, "client-login-timeout"),
+        ([], {"PGDP_CLIENT_LOGIN_TIMEOUT": "soon"}, "client-login-timeout"),
+        (["--max-client-conn", "0"], {}, "max-client-conn"),
+        (["--max-client-conn", "2.5"], {}, "max-client-conn"),
+        ([], {"PGDP_MAX_CLIENT_CONN": "-1"}, "max-client-conn"),
         ([], {"PGDP_LOG_LEVEL": "loud"}, "log-level"),
         # argparse's own complaints are one line too, not usage text and SystemExit
         (["--max-message-size", "lots"], {}, "max-message-size"),

@@ -17,14 +17,51 @@ import pytest
 from proxy.streams import (
     BackendStream,
     FrontendStream,
-    ReplyPlans,
     Rewrite,
+    SessionState,
     ShapedStatement,
     SyntaxFix,
 )
 from proxy.wire import ProtocolViolation, build_fields, command_complete, message
 
 MAX = 1 << 20
+
+
+def ReplyPlans() -> SessionState:
+    """The state of a session past login: these tests feed the ready phase."""
+    state = SessionState()
+    state.authenticated = state.ready = True
+    return state
+
+
+class _WholeText:
+    """A scanner stand-in for the fake rewriters: the text is judged whole, with the
+    dialect's pre-test."""
+
+    def __init__(self, start: int, might) -> None:  # type: ignore[no-untyped-def]
+        self.start, self.might, self.found = start, might, False
+
+    def feed(self, buf: bytes | bytearray, limit: int) -> bool:
+        self.found = bool(self.might(bytes(buf[self.start : limit])))
+        return True
+
+
+class HookDialect:
+    """Adapts a pre-test and a text → Rewrite function to the stream's Dialect."""
+
+    def __init__(self, might, rewrite) -> None:  # type: ignore[no-untyped-def]
+        self.might_rewrite = might
+        self._rewrite = rewrite
+
+    def scanner(self, state: SessionState, start: int, tracking: bool) -> _WholeText:
+        return _WholeText(start, self.might_rewrite)
+
+    def rewrite(self, buf, start, end, scan, state, settled):  # type: ignore[no-untyped-def]
+        return self._rewrite(bytes(buf[start:end]))
+
+    def outcome(self, session, shaped, error) -> None:  # type: ignore[no-untyped-def]
+        pass
+
 
 # --- message builders ----------------------------------------------------------------
 
@@ -240,9 +277,8 @@ def no_rewrite(_: bytes) -> Rewrite | None:
 )
 def test_frontend_pass_through(mode: str, hooks: tuple) -> None:
     might, rewrite = hooks
-    stream = FrontendStream(
-        ReplyPlans(), max_message_size=MAX, might_rewrite=might, rewrite=rewrite
-    )
+    dialect = None if might is None else HookDialect(might, rewrite)
+    stream = FrontendStream(ReplyPlans(), max_message_size=MAX, dialect=dialect)
     assert feed(stream, split_modes(FRONTEND_TRAFFIC)[mode]) == FRONTEND_TRAFFIC
 
 
@@ -307,7 +343,7 @@ def test_backend_length_below_four(length: int) -> None:
             stream.feed(STARTUP_REPLY + b"D" + struct.pack("!I", length) + b"\0" * 8)
 
 
-def _planned() -> ReplyPlans:
+def _planned() -> SessionState:
     plans = ReplyPlans()
     plans.for_group(0).renamed_slots[0] = ShapedStatement("CLEAN CONNECTION TO ALL")
     return plans
@@ -328,14 +364,19 @@ class FakeRewriter:
         self.pretests.append(body)
         return b"clean" in body.lower()
 
-    def rewrite(self, sql: bytes) -> Rewrite | None:
+    def scanner(self, state: SessionState, start: int, tracking: bool) -> _WholeText:
+        return _WholeText(start, lambda body: b"clean" in body.lower())
+
+    def rewrite(self, buf, start, end, scan, state, settled) -> Rewrite | None:  # type: ignore[no-untyped-def]
+        sql = bytes(buf[start:end])
         self.calls.append(sql)
         return self.table.get(sql)
 
-    def frontend(self, plans: ReplyPlans, max_size: int = MAX) -> FrontendStream:
-        return FrontendStream(
-            plans, max_message_size=max_size, might_rewrite=self.might_rewrite, rewrite=self.rewrite
-        )
+    def outcome(self, session, shaped, error) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def frontend(self, plans: SessionState, max_size: int = MAX) -> FrontendStream:
+        return FrontendStream(plans, max_message_size=max_size, dialect=self)
 
 
 DO = b"DO $$begin perform 1; end$$"
@@ -346,7 +387,7 @@ def rw(sql: bytes, *renamed: int, fix: SyntaxFix | None = None) -> Rewrite:
     return Rewrite(sql, tuple((i, f"statement {i}") for i in renamed), fix)
 
 
-def slots(plans: ReplyPlans) -> list[tuple[int, set[int]]]:
+def slots(plans: SessionState) -> list[tuple[int, set[int]]]:
     return [(p.group, set(p.renamed_slots)) for p in plans.queue]
 
 
