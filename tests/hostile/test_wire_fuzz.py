@@ -20,12 +20,14 @@ run; the seed is in every failure message) and runs on a raw socket with a short
 The cases run in batches, in parallel threads. After every batch: the proxy process is
 alive, every new line of its log is a log record (no traceback, no line break smuggled in
 by a client), and a normal client still works (``select 1`` and a CLEAN CONNECTION that
-fails as it should). The proxy's open file descriptors return to their count before the
-fuzzing (``/proc/PID/fd``, waited for with a bound), and its RSS at the end is within
-``RSS_SLACK_KB`` of its RSS at the start of the second half.
+fails as it should). The proxy's TCP connections (its sockets in ``/proc/PID/fd`` that
+``/proc/net/tcp`` does not list as listening) return to none and its open descriptors to
+their count after a warm-up client (waited for with a bound; the warm-up may open some for
+good), and its RSS at the end is within ``RSS_SLACK_KB`` of its RSS at the start of the
+second half.
 
 Problems are collected over all batches and reported together; for the first batches with
-unexpected log lines, the cases are replayed one at a time to name the culprits.
+unexpected log lines or leaks, the cases are replayed one at a time to name the culprits.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ CONNECTIONS = {"embedded": 3000}  # per server kind; others get DEFAULT_CONNECTI
 DEFAULT_CONNECTIONS = 2000
 SOCKET_TIMEOUT = 2.0  # login and sends
 READ_TIMEOUT = 0.3  # "read until closed" endings
-SETTLE_TIMEOUT = 3.0  # for the proxy to close both sockets of every finished connection
+SETTLE_TIMEOUT = 3.0  # for the proxy to close both legs of every finished connection
 RSS_SLACK_KB = 4096
 CULPRIT_BATCHES = 2  # batches whose cases are replayed one by one to name culprits
 CULPRIT_BUDGET = 25.0  # seconds
@@ -381,6 +383,28 @@ class Watched:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def connections(self) -> int:
+        """TCP sockets the proxy holds that are not listening (client and server legs, in
+        any state, CLOSE-WAIT included)."""
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        held = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as handle:
+                next(handle)
+                for line in handle:
+                    fields = line.split()
+                    held += fields[9] in inodes and fields[3] != "0A"  # 0A: LISTEN
+        return held
+
+    def at_rest(self) -> tuple[int, int]:
+        """(descriptors, connections) now."""
+        return self.fds(), self.connections()
+
     def fd_targets(self) -> collections.Counter[str]:
         targets: collections.Counter[str] = collections.Counter()
         for fd in os.listdir(f"/proc/{self.pid}/fd"):
@@ -399,14 +423,15 @@ class Watched:
         self._log_offset += len(complete)
         return complete.decode(errors="replace").splitlines()
 
-    def settle(self, baseline_fds: int, timeout: float) -> bool:
-        """Wait (bounded) until the proxy holds no more than ``baseline_fds`` descriptors."""
+    def settle(self, rest_fds: int, timeout: float) -> bool:
+        """Wait (bounded) until the proxy holds no more descriptors than ``rest_fds`` (a
+        count taken when it held no connection, or only leaked ones)."""
         deadline = time.monotonic() + timeout
         delay = 0.005
         while time.monotonic() < deadline:
             if not self.alive():
                 return False
-            if self.fds() <= baseline_fds:
+            if self.fds() <= rest_fds:
                 return True
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
@@ -478,11 +503,11 @@ def find_culprits(
     for case in cases:
         if time.monotonic() > deadline or not watched.alive():
             break
-        before = watched.fds()
+        before = watched.at_rest()
         run_case(case, host, port, user)
         replayed += 1
-        if not watched.settle(before, 1.0):
-            culprits.append((case, f"left {watched.fds() - before} descriptors open"))
+        if not watched.settle(before[0], 1.0):
+            culprits.append((case, f"left {watched.connections() - before[1]} connections open"))
         log_barrier(watched, host, port)
         bad = bad_lines(watched.new_log_lines())
         if bad:
@@ -508,17 +533,11 @@ def test_wire_fuzz(start_proxy: StartProxy, pg: PgServer) -> None:
     proxy = start_proxy()
     watched = Watched(proxy)
     # The first connection makes libuv open its one reserve descriptor (/dev/null, kept for
-    # its EMFILE handling) for good: count the descriptors at rest after that one.
-    sockets_at_rest = watched.fd_targets()["socket:[]"]
+    # its EMFILE handling) for good: take the descriptors at rest after a warm-up client,
+    # once the proxy holds no TCP connection.
     assert normal_client_works(proxy) is None  # warm-up
-    wait_until(
-        lambda: watched.fd_targets()["socket:[]"] <= sockets_at_rest,
-        10,
-        "the warm-up client's sockets to close",
-    )
-    baseline_fds = expected_fds = watched.fds()  # at rest: listener, epoll, log, pipes...
-    assert normal_client_works(proxy) is None
-    wait_until(lambda: watched.fds() <= baseline_fds, 10, "a client's sockets to close")
+    wait_until(lambda: watched.connections() == 0, 10, "the warm-up client's sockets to close")
+    baseline = expected = watched.at_rest()  # listener, epoll, log, pipes...; no connection
     watched.new_log_lines()
 
     problems: list[str] = []
@@ -545,14 +564,15 @@ def test_wire_fuzz(start_proxy: StartProxy, pg: PgServer) -> None:
             if failure is not None:
                 problems.append(f"batch {number}: a normal client failed: {failure}")
             trouble = False
-            if not watched.settle(expected_fds, SETTLE_TIMEOUT):
+            if not watched.settle(expected[0], SETTLE_TIMEOUT):
                 trouble = True
+                fds, connections = watched.at_rest()
                 problems.append(
-                    f"batch {number}: {watched.fds() - expected_fds} more descriptors open "
-                    f"{SETTLE_TIMEOUT:g} s after its connections closed: "
-                    f"{dict(watched.fd_targets())}"
+                    f"batch {number}: {connections - expected[1]} more connections and "
+                    f"{fds - expected[0]} more descriptors open {SETTLE_TIMEOUT:g} s after its "
+                    f"clients closed: {dict(watched.fd_targets())}"
                 )
-                expected_fds = watched.fds()  # count each batch's leak once
+                expected = (max(fds, expected[0]), max(connections, expected[1]))  # once each
             rss.append(watched.rss_kb())
             lines = watched.new_log_lines()
             bad = bad_lines(lines)
@@ -568,7 +588,7 @@ def test_wire_fuzz(start_proxy: StartProxy, pg: PgServer) -> None:
                     batch, watched, proxy.host, proxy.port, pg.user,
                     CULPRIT_BUDGET / CULPRIT_BATCHES,
                 )  # fmt: skip
-                expected_fds = watched.fds()
+                expected = watched.at_rest()
                 report = [
                     f"batch {number} replayed one case at a time ({replayed} of {len(batch)} "
                     f"within the time budget): {len(culprits)} culprits"
@@ -580,10 +600,15 @@ def test_wire_fuzz(start_proxy: StartProxy, pg: PgServer) -> None:
     half = rss[len(rss) // 2 - 1] if len(rss) > 1 else rss[0]
     print(
         f"{total} connections in {len(batches)} batches, {elapsed:.1f} s; RSS KiB after each "
-        f"batch: {rss}; descriptors at rest: {baseline_fds}, at the end: {watched.fds()}"
+        f"batch: {rss}; (descriptors, connections) at rest: {baseline}, at the end: "
+        f"{watched.at_rest()}"
     )
-    if watched.fds() > baseline_fds:
-        problems.append(f"{watched.fds() - baseline_fds} descriptors leaked in all")
+    fds, connections = watched.at_rest()
+    if fds > baseline[0] or connections > baseline[1]:
+        problems.append(
+            f"{connections - baseline[1]} connections, {fds - baseline[0]} descriptors "
+            "leaked in all"
+        )
     if rss[-1] - half > RSS_SLACK_KB:
         problems.append(
             f"RSS grew by {rss[-1] - half} KiB over the second half (limit {RSS_SLACK_KB}): {rss}"
