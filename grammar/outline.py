@@ -74,6 +74,9 @@ _ESC_QUOTED = rb"'(?:[^'\\;\x00]++|''|\\[^;\x00])*+'(?=[ \t\f]*+[^ \t\f\n\r\v\-'
 # or a "$" (the end of a number, or of a dollar quote, or a "$" in a word) Python decides.
 _E_PREFIX = rb"(?<=(?<![A-Za-z0-9_$\x80-\xff])[eE])"
 _BX_PREFIX = rb"(?<=(?<![A-Za-z0-9_$\x80-\xff])[bBxX])"
+# Bit and hex strings end at the first quote (no doubled quote in them: b'0''1' is two
+# constants); like escape strings they continue after whitespace with a newline.
+_BIT_QUOTED = rb"'[^';\x00]*+'(?=[ \t\f]*+[^ \t\f\n\r\v\-'])"
 # A plain quote: not after a prefix letter that starts a token, nor after a digit and a
 # prefix letter (``1e'..'`` is an E string to PostgreSQL 15 and an error to 16).
 _NO_PREFIX = rb"(?:(?<![eEbBxX])|(?<=[A-Za-z_\x80-\xff][eEbBxX]))"
@@ -84,6 +87,10 @@ _DOLLAR_QUOTED = (
     + rb"\$(?P<tag>(?:["
     + _IDENT_START
     + rb"][A-Za-z0-9_\x80-\xff]*+)?)\$(?:[^$;\x00]++|\$(?!(?P=tag)\$))*+\$(?P=tag)\$"
+)
+_ASCII_DOLLAR_QUOTED = (
+    _TOKEN_START
+    + rb"\$(?P<tag>(?:[A-Za-z_][A-Za-z0-9_]*+)?)\$(?:[^$;\x00]++|\$(?!(?P=tag)\$))*+\$(?P=tag)\$"
 )
 _PARAM = _TOKEN_START + rb"\$[0-9]++(?=[^0-9])"
 # A "$" after a letter continues a word (PostgreSQL's ident_cont); after a digit or
@@ -96,17 +103,19 @@ _SLASH = rb"/(?=[^*])"
 _SPACE_CLASS = rb" \t\n\r\f\v"
 _WORD_END = rb"(?![A-Za-z0-9_$\x80-\xff])"
 
-_body_cache: dict[tuple[bool, frozenset[bytes], bool], re.Pattern[bytes]] = {}
+_body_cache: dict[tuple[bool, frozenset[bytes], bool, bool], re.Pattern[bytes]] = {}
 
 
-def _body_pattern(scs: bool, words: frozenset[bytes], semicolons: bool) -> re.Pattern[bytes]:
+def _body_pattern(
+    scs: bool, words: frozenset[bytes], semicolons: bool, masked: bool = False
+) -> re.Pattern[bytes]:
     """The pattern that consumes complete tokens of a statement body in one C call.
 
     With ``semicolons``, a ``;`` is consumed too when, after spaces, a token follows that
     is visibly neither a comment, nor another ``;``, nor a word Python must judge (a lead
     word, ``create``, or a word not yet seen whole).
     """
-    key = (scs, words, semicolons)
+    key = (scs, words, semicolons, masked)
     pattern = _body_cache.get(key)
     if pattern is not None:
         return pattern
@@ -141,13 +150,15 @@ def _body_pattern(scs: bool, words: frozenset[bytes], semicolons: bool) -> re.Pa
     alternatives += [
         plain,
         _E_PREFIX + _ESC_QUOTED,
-        _BX_PREFIX + _STD_QUOTED,
+        _BX_PREFIX + _BIT_QUOTED,
         _DOUBLE_QUOTED,
         _MINUS,
         _SLASH,
         _LINE_COMMENT,
         _BLOCK_COMMENT,
-        _DOLLAR_QUOTED,
+        # In a masked text every multibyte character reads \x80\x80: two different tags
+        # would look alike, so only ASCII tags are taken (Python gives up on others).
+        _ASCII_DOLLAR_QUOTED if masked else _DOLLAR_QUOTED,
         _PARAM,
         _WORD_DOLLAR,
     ]
@@ -164,6 +175,7 @@ _STD_BODY = {
     0x27: re.compile(rb"(?:[^'\x00]++|'')*+"),
     0x22: re.compile(rb'(?:[^"\x00]++|"")*+'),
 }
+_BITS_BODY = re.compile(rb"[^'\x00]*+")
 _ESC_BODY = re.compile(rb"(?:[^'\\\x00]++|''|\\[^\x00])*+")
 _DOLLAR_OPENER = re.compile(rb"\$(?:[" + _IDENT_START + rb"][A-Za-z0-9_\x80-\xff]*+)?\$")
 _DOLLAR_PREFIX = re.compile(rb"\$(?:[" + _IDENT_START + rb"][A-Za-z0-9_\x80-\xff]*+|[0-9]*+)")
@@ -197,7 +209,7 @@ class Lead:
 
 
 # Open constructs that span the bytes seen so far.
-_LINE, _BLOCK, _QUOTE, _ESCAPE, _DOLLAR, _CONTINUATION, _CONTINUATION_COMMENT = range(7)
+_LINE, _BLOCK, _QUOTE, _ESCAPE, _DOLLAR, _CONTINUATION, _CONTINUATION_COMMENT, _BITS = range(8)
 
 
 class OutlineScanner:
@@ -210,12 +222,14 @@ class OutlineScanner:
         "_body",
         "_body_in_lead",
         "_closer",
+        "_continues",
         "_count",
         "_current",
         "_decisions",
         "_depth",
         "_first",
         "_first_letters",
+        "_masked",
         "_newline_seen",
         "_open",
         "_pos",
@@ -250,15 +264,17 @@ class OutlineScanner:
         start: int = 0,
         standard_conforming_strings: bool = True,
         words: frozenset[bytes] = CLEAN_WORDS,
+        masked: bool = False,
     ) -> None:
         self._start = self._pos = start
+        self._masked = masked  # multibyte characters were replaced by \x80 bytes
         self._scs = standard_conforming_strings
         self._words = words
         self.encoding = ""  # the client encoding the text was read in, for the caller
         letters = bytes(sorted({w[0] for w in words} | {_ROUTINE_WORD[0]}))
         self._first_letters = letters + letters.upper()
-        self._body = _body_pattern(self._scs, words, True)
-        self._body_in_lead = _body_pattern(self._scs, words, False)
+        self._body = _body_pattern(self._scs, words, True, masked)
+        self._body_in_lead = _body_pattern(self._scs, words, False, masked)
         self._count = 0  # non-empty statements ended so far
         self._decisions = 0
         self._first = True  # expecting the first token of a statement
@@ -266,6 +282,7 @@ class OutlineScanner:
         self._depth = 0  # block comment nesting
         self._closer = b""  # dollar quote delimiter
         self._newline_seen = False  # in a string continuation
+        self._continues = _ESCAPE  # the kind of string a continuation goes on with
         self._current: Lead | None = None
         self._routine_seen = False
         self.leads: list[Lead] = []
@@ -418,6 +435,8 @@ class OutlineScanner:
             if pos > self._start and buf[pos - 1] in _IDENT_BYTES:
                 return self._give_up()  # after a digit or "$": a word goes on, or not
             m = _DOLLAR_OPENER.match(buf, pos, limit)
+            if m is not None and self._masked and not m.group().isascii():
+                return self._give_up()  # masked tags: different characters look alike
             if m is not None:
                 self._open, self._closer = _DOLLAR, bytes(m.group())
                 return m.end()
@@ -440,7 +459,7 @@ class OutlineScanner:
                 # a word or stands alone, which only the tokens before it tell
                 return None
             if at_token_start:
-                return _ESCAPE if prev in b"eE" else _QUOTE
+                return _ESCAPE if prev in b"eE" else _BITS
         if prev == 0x26 and before in b"uU":  # U&'...'
             third = buf[pos - 3] if pos - 2 > self._start else 0x20
             if third not in _IDENT_BYTES and not self._scs:
@@ -499,6 +518,15 @@ class OutlineScanner:
                 return m.start()
             self._open, self._newline_seen = _CONTINUATION, True
             return m.end()
+        if kind == _BITS:
+            p = _BITS_BODY.match(buf, pos, limit).end()  # type: ignore[union-attr]
+            if p >= limit:
+                return p
+            if buf[p] == 0:
+                self._give_up()
+                return p
+            self._open, self._newline_seen, self._continues = _CONTINUATION, False, _BITS
+            return p + 1
         body = _ESC_BODY if kind == _ESCAPE else _STD_BODY[self._closer[0]]
         p = body.match(buf, pos, limit).end()  # type: ignore[union-attr]
         if p >= limit:
@@ -509,14 +537,14 @@ class OutlineScanner:
         if p + 1 >= limit:  # the quote (or backslash) there needs the byte after it
             return p
         if kind == _ESCAPE:
-            self._open, self._newline_seen = _CONTINUATION, False
+            self._open, self._newline_seen, self._continues = _CONTINUATION, False, _ESCAPE
         else:
             self._open = None
         return p + 1
 
     def _continuation(self, buf: bytes | bytearray, pos: int, limit: int) -> int:
-        """After an escape string: whitespace with a newline, then a quote, continues it
-        (PostgreSQL's ``quotecontinue``); anything else ends it."""
+        """After an escape, bit or hex string: whitespace with a newline, then a quote,
+        continues it (PostgreSQL's ``quotecontinue``); anything else ends it."""
         while pos < limit:
             c = buf[pos]
             if c == 0x20 or c == 0x09 or c == 0x0C:
@@ -542,7 +570,7 @@ class OutlineScanner:
                 self._newline_seen = True
                 pos = m.end()
             elif c == 0x27 and self._newline_seen:
-                self._open = _ESCAPE
+                self._open = self._continues
                 return pos + 1
             else:
                 break
@@ -603,7 +631,7 @@ class MaskedScanner:
         self._encoding = encoding
         self._start = self._searched = start
         self._options = options
-        self._inner = OutlineScanner(start=start, **options)  # type: ignore[arg-type]
+        self._inner = OutlineScanner(start=start, masked=True, **options)  # type: ignore[arg-type]
         self._inner.encoding = encoding
 
     def __getattr__(self, name: str) -> object:

@@ -872,5 +872,5 @@ def _parse_counts(text: bytes) -> dict[str, int]:
     for item in text.split():
         name, _, value = item.partition(b"=")
         if value.isdigit():
-            counts[name.decode()] = int(value)
+            counts[name.decode("ascii", "replace")] = int(value)
     return counts

@@ -33,7 +33,7 @@ _VOCAB = [
     "$$;clean connection$$", "$x$;$y$;$x$", "foo$bar$", "$1", '"a;b"', '"x""y"',
     "-- c; clean connection\n", "/* ; */", "/* /* ; */ clean ; */", "-", "/", "*",
     "$", "$E'x'", "a$e'\\'", "select", "create", "function", "begin", "atomic", "end", "(", ")", "1", "e", "x",
-    "'", '"', "$", "B'01'", "U&'a'", "N'x'", "&", "deallocate", "prepare", "discard",
+    "'", '"', "$", "B'01'", "b'0''1'", "X'1'\n'\\';'", "U&'a'", "N'x'", "&", "deallocate", "prepare", "discard",
 ]  # fmt: skip
 
 
@@ -158,6 +158,17 @@ def test_dollar_after_a_digit_is_never_a_statement_start() -> None:
     # "1" then a dollar quote for PostgreSQL; "a1$" would be a word: Python does not guess
     scanner = lead_statements(b"select 1$a$; clean connection to all $a$")
     assert scanner.uncertain or not scanner.leads
+
+
+@pytest.mark.parametrize("prefix", [b"b", b"B", b"x", b"X"])
+def test_bit_strings_end_at_the_first_quote(prefix: bytes) -> None:
+    # b'0''\'...: a bit string, then an escape string when standard_conforming_strings
+    # is off (no doubled quote in bit strings), which holds the CLEAN text
+    sql = b"select " + prefix + b"'0''\\'; clean connection to all; --'"
+    assert not lead_statements(sql, standard_conforming_strings=False).leads
+    # continued after a newline, a bit string stays one (its backslashes are plain)
+    sql = b"select " + prefix + b"'0'\n'\\'; clean connection to all; --'"
+    assert lead_statements(sql, standard_conforming_strings=False).leads
 
 
 def test_u_and_string_with_standard_conforming_strings_off_is_uncertain() -> None:
