@@ -549,7 +549,10 @@ class FrontendStream:
             plan.renamed_slots[index] = ShapedStatement(text, now)
         plan.syntax_fix = rewrite.syntax_fix
         plan.spans = rewrite.spans
-        if rewrite.sql is None or memoryview(data)[pos + 5 : text_end] == rewrite.sql:
+        if rewrite.sql is None or (
+            len(rewrite.sql) == text_end - pos - 5
+            and memoryview(data)[pos + 5 : text_end] == rewrite.sql
+        ):
             return None
         # Written as pieces (writelines): a rewritten 100 MB query is not copied again.
         return [b"Q" + _pack_int32(len(rewrite.sql) + 5), rewrite.sql, b"\0"]
