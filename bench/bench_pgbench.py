@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import re
 import statistics
@@ -24,7 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Target, cpu_seconds, find_program, pgbouncer, postgres, proxy
+from _common import (
+    Target,
+    check_proxy_source,
+    cpu_seconds,
+    find_program,
+    pgbouncer,
+    postgres,
+    proxy,
+    proxy_from,
+)
 
 WORKLOADS: dict[str, list[str]] = {
     "select-only simple": ["-S", "-M", "simple"],
@@ -229,6 +239,26 @@ def report(res: Results, names: list[str], args: argparse.Namespace) -> None:
         "CPU: user+system time of the PgBouncer / proxy process during the run, as % of one "
         "core and per processed transaction"
     )
+    if "before" in names:
+        print()
+        print(
+            "| workload | before TPS | proxy TPS | ratio | before CPU µs/tx | proxy CPU µs/tx | ratio |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for workload in WORKLOADS:
+            row = {}
+            for name in ("before", "proxy"):
+                samples = res.runs.get((workload, name)) or []
+                per_tx = [s.cpu_us for s in samples if s.cpu_us is not None]
+                row[name] = (
+                    med([s.tps for s in samples]) if samples else None,
+                    med(per_tx) if per_tx else None,
+                )
+            (b_tps, b_cpu), (p_tps, p_cpu) = row["before"], row["proxy"]
+            print(
+                f"| {workload} | {b_tps or 0:.0f} | {p_tps or 0:.0f} | {fmt_ratio(p_tps, b_tps)} "
+                f"| {b_cpu or 0:.1f} | {p_cpu or 0:.1f} | {fmt_ratio(p_cpu, b_cpu)} |"
+            )
     print()
     print(
         f"1 client, select-only prepared, -T {args.duration}, per-transaction log (-l); "
@@ -263,6 +293,12 @@ def main() -> None:
     parser.add_argument("--user", default="postgres", help="user, trust auth assumed [postgres]")
     parser.add_argument("--skip-init", action="store_true", help="do not run pgbench -i")
     parser.add_argument(
+        "--compare-src",
+        type=Path,
+        metavar="DIR",
+        help="also run the proxy of another source tree as target 'before', interleaved",
+    )
+    parser.add_argument(
         "--proxy-log-level", default="warning", help="proxy --log-level during the run [warning]"
     )
     parser.add_argument(
@@ -290,6 +326,12 @@ def main() -> None:
         else:
             targets.append(bouncer)
         targets.append(stack.enter_context(proxy(direct, scratch, log_level=args.proxy_log_level)))
+        if args.compare_src:
+            check_proxy_source(args.compare_src)
+            run = stack.enter_context(
+                proxy_from(args.compare_src, direct, scratch, log_level=args.proxy_log_level)
+            )
+            targets.append(dataclasses.replace(run.target, name="before"))
         logdir = scratch / "pgbench-logs"
         logdir.mkdir()
         res = measure(pgbench, targets, args, logdir)
