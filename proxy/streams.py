@@ -1,13 +1,22 @@
-"""The two directions of a ready session, framed by header, without I/O.
+"""The two directions of a session, framed by header, without I/O.
 
 :class:`FrontendStream` (client → server) and :class:`BackendStream` (server → client) take
 the bytes one socket delivered and return the chunks to write to the other socket. They are
 fed whole buffers, byte by byte or anything in between and must produce the same bytes.
+What the two directions share (authentication, readiness, encoding, string syntax, groups,
+reply plans) lives in one :class:`SessionState`; the backend writes what the server
+reports, the frontend what the client sent.
+
+Before the session is ready (the server's first ReadyForQuery) the frontend only frames and
+forwards: nothing is inspected or held, and while the server asks for authentication only
+password/SASL/GSS messages of PostgreSQL's size pass.
 
 Hot-path rules: per message only the 5-byte header is read; a message that is not a Query or
 Parse is forwarded as the original bytes, streamed through without buffering when it spans
-reads (COPY data of any size passes with bounded memory). Query/Parse bodies are kept whole
-and shown to the :data:`Rewriter` only when the cheap byte test :func:`might_rewrite` fires.
+reads (COPY data of any size passes with bounded memory). A Query/Parse that arrives in one
+read is shown to the :class:`Dialect` only when its cheap byte pre-test fires; one that spans
+reads is held and scanned as its bytes arrive (the dialect's incremental scanner), so the
+work per read stays proportional to the read.
 
 Reply attribution ("what does the next server message belong to", PgBouncer's forward/skip
 /fake queue reduced to what rewriting needs): every Query, Sync and FunctionCall the client
