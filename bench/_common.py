@@ -146,39 +146,10 @@ def proxy(
     scratch: Path,
     *,
     log_level: str = "warning",
-    env: dict[str, str] | None = None,
 ) -> Iterator[Target]:
-    """``python -m proxy`` in a subprocess, relaying to ``upstream``."""
-    port = free_port()
-    log = open(scratch / f"proxy-{port}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "proxy",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--upstream",
-            f"{upstream.host}:{upstream.port}",
-            "--log-level",
-            log_level,
-        ],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        env=dict(os.environ, **(env or {})),
-    )
-    try:
-        wait_port("127.0.0.1", port, 30, proc)
-        yield Target("proxy", "127.0.0.1", port, proc.pid)
-    finally:
-        died = proc.poll()
-        stop_process(proc)
-        log.close()
-        if died is not None:
-            tail = (scratch / f"proxy-{port}.log").read_text(errors="replace")[-3000:]
-            print(f"proxy exited early with status {died}; log tail:\n{tail}", file=sys.stderr)
+    """``python -m proxy`` of this checkout in a subprocess, relaying to ``upstream``."""
+    with proxy_from(ROOT, upstream, scratch, log_level=log_level) as run:
+        yield run.target
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
@@ -303,7 +274,7 @@ def proxy_from(
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[ProxyRun]:
     """``python -m proxy`` from the source tree ``src`` (its cwd and PYTHONPATH), relaying
-    to ``upstream``; like :func:`proxy` but the caller gets the process (to kill it)."""
+    to ``upstream``; the caller gets the process too (to kill it)."""
     port = free_port()
     logfile = scratch / f"proxy-{port}.log"
     log = open(logfile, "wb")  # noqa: SIM115 - closed below
@@ -330,8 +301,12 @@ def proxy_from(
         wait_port("127.0.0.1", port, 30, proc)
         yield ProxyRun(Target("proxy", "127.0.0.1", port, proc.pid), proc, logfile)
     finally:
+        died = proc.poll()
         stop_process(proc)
         log.close()
+        if died is not None:
+            tail = logfile.read_text(errors="replace")[-3000:]
+            print(f"proxy exited early with status {died}; log tail:\n{tail}", file=sys.stderr)
 
 
 @contextlib.contextmanager

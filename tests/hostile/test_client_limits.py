@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import trustme
 
 from tests.conftest import PgServer, ProxyProcess, raw_socket, wait_until
 from tests.rawpg import (
@@ -25,16 +24,6 @@ from tests.rawpg import (
 StartProxy = Callable[..., ProxyProcess]
 LIMIT = 3
 REFUSAL_LINE = "too many clients already (max-client-conn 3)"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    directory = tmp_path_factory.mktemp("certs")
-    cert = trustme.CA().issue_cert("localhost", "127.0.0.1")
-    paths = {"cert": directory / "cert.pem", "key": directory / "key.pem"}
-    cert.cert_chain_pems[0].write_to_path(paths["cert"])
-    cert.private_key_pem.write_to_path(paths["key"])
-    return paths
 
 
 @pytest.fixture
