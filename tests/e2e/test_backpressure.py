@@ -72,7 +72,9 @@ def test_client_that_stops_reading_stalls_server_not_proxy(
 def test_slow_reader_gets_everything(proxy: ProxyProcess, admin: psycopg.Connection) -> None:
     """Pause and resume many times over: the result arrives complete and in order."""
     app = "slow-reader"
-    rows = 20_000
+    # 60 MB: more than the kernel may buffer on the way (the proxy's receive buffer from the
+    # server autotunes up to tcp_rmem's maximum, 32 MB here), so the backend must block.
+    rows = 60_000
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     sock.settimeout(10)
