@@ -115,9 +115,12 @@ def find_program(name: str) -> Path | None:
 
 @contextlib.contextmanager
 def postgres(
-    upstream: str | None, settings: dict[str, str] | None = None
+    upstream: str | None,
+    settings: dict[str, str] | None = None,
+    hba_lines: tuple[str, ...] = (),
 ) -> Iterator[tuple[Target, Path]]:
-    """The server to measure against: ``upstream`` as given, or a fresh embedded cluster.
+    """The server to measure against: ``upstream`` as given, or a fresh embedded cluster
+    (whose pg_hba.conf starts with ``hba_lines``, e.g. a role that must give a password).
 
     Yields the direct target and a scratch directory for the other processes' files.
     """
@@ -128,7 +131,7 @@ def postgres(
             host, port = parse_hostport(upstream)
             yield Target("direct", host, port), scratch
             return
-        server = EmbeddedPostgres(scratch / "pgdata", settings=settings)
+        server = EmbeddedPostgres(scratch / "pgdata", settings=settings, hba_lines=hba_lines)
         print(f"starting embedded PostgreSQL in {server.datadir} ...", file=sys.stderr)
         server.start()
         try:
@@ -313,18 +316,6 @@ def proxy_from(
 def embedded_postgres(
     settings: dict[str, str] | None = None, hba_lines: tuple[str, ...] = ()
 ) -> Iterator[tuple[Target, Path]]:
-    """A fresh embedded cluster whose pg_hba.conf starts with ``hba_lines`` (e.g. a role
-    that must give a password); yields the direct target and a scratch directory."""
-    scratch = Path(tempfile.mkdtemp(prefix="pgdp-bench-"))
-    scratch.chmod(0o755)
-    try:
-        server = EmbeddedPostgres(scratch / "pgdata", settings=settings, hba_lines=hba_lines)
-        print(f"starting embedded PostgreSQL in {server.datadir} ...", file=sys.stderr)
-        server.start()
-        try:
-            pid = int((server.datadir / "postmaster.pid").read_text().split()[0])
-            yield Target("direct", server.host, server.port, pid), scratch
-        finally:
-            server.stop("immediate")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """A fresh embedded cluster (see :func:`postgres`)."""
+    with postgres(None, settings, hba_lines) as server:
+        yield server

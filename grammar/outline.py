@@ -622,35 +622,30 @@ def mask_trail_bytes(text: bytes, encoding: str) -> bytes:
 MAX_MASKED_TEXT = 1 << 20
 
 
-class MaskedScanner:
+class MaskedScanner(OutlineScanner):
     """An :class:`OutlineScanner` for the client encodings whose multibyte characters can
     hold ASCII bytes: waits for the whole text (at most :data:`MAX_MASKED_TEXT` bytes,
-    else uncertain), masks its trail bytes, then scans it. Same attributes."""
+    else uncertain), masks its trail bytes, then scans the masked copy."""
+
+    __slots__ = ("_searched",)
 
     def __init__(self, encoding: str, *, start: int, **options: object) -> None:
-        self._encoding = encoding
-        self._start = self._searched = start
-        self._options = options
-        self._inner = OutlineScanner(start=start, masked=True, **options)  # type: ignore[arg-type]
-        self._inner.encoding = encoding
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
+        super().__init__(start=start, masked=True, **options)  # type: ignore[arg-type]
+        self.encoding = encoding
+        self._searched = start
 
     def feed(self, buf: bytes | bytearray, limit: int) -> bool:
-        inner = self._inner
-        if inner.done:
+        if self.done:
             return True
         nul = buf.find(b"\0", self._searched, limit)
         if nul < 0:
             self._searched = limit
             if limit - self._start > MAX_MASKED_TEXT:
-                inner.uncertain = inner.done = True
-            return inner.done
+                self._give_up()
+            return self.done
         if nul - self._start > MAX_MASKED_TEXT:
-            inner.uncertain = inner.done = True
+            self._give_up()
             return True
         text = bytes(buf[self._start : nul + 1])
-        padded = b"\x20" * self._start + mask_trail_bytes(text, self._encoding)
-        inner.feed(padded, len(padded))
-        return True
+        padded = b"\x20" * self._start + mask_trail_bytes(text, self.encoding)
+        return super().feed(padded, len(padded))

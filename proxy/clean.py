@@ -312,12 +312,22 @@ class CleanConnectionDialect:
 
     might_rewrite = staticmethod(might_contain_clean)
 
+    @staticmethod
+    def might_redefine(body: bytes) -> bool:
+        """Could ``body`` deallocate or redefine a prepared statement by SQL?"""
+        lowered = body.lower()
+        return (
+            lowered.find(b"deallocate") >= 0
+            or lowered.find(b"prepare") >= 0
+            or lowered.find(b"discard") >= 0
+        )
+
     def scanner(self, state: SessionState, start: int, tracking: bool) -> OutlineScanner:
         words = TRACKING_WORDS if tracking else CLEAN_WORDS
         scs = state.standard_conforming_strings
         scanner: OutlineScanner
         if needs_mask(state.client_encoding):
-            scanner = MaskedScanner(  # type: ignore[assignment]
+            scanner = MaskedScanner(
                 state.client_encoding, start=start, standard_conforming_strings=scs, words=words
             )
         else:

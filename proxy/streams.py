@@ -166,7 +166,6 @@ class SessionState:
         "groups_sent",
         "queue",
         "ready",
-        "server_encoding",
         "standard_conforming_strings",
     )
 
@@ -176,7 +175,6 @@ class SessionState:
         self.ready = False  # its first ReadyForQuery has passed: the session is logged in
         self.auth_request = 0  # the last authentication request code the server sent
         self.client_encoding = "UTF8"
-        self.server_encoding = "UTF8"
         self.standard_conforming_strings = True
         # Response groups (see the module docstring): opened by the client, closed by the
         # server's ReadyForQuery. The first ReadyForQuery ends the startup phase and moves
@@ -211,6 +209,9 @@ class Dialect(Protocol):
     """
 
     def might_rewrite(self, body: bytes) -> bool: ...
+
+    def might_redefine(self, body: bytes) -> bool:
+        """Pre-test while rewritten named statements exist: could ``body`` redefine one?"""
 
     def scanner(self, state: SessionState, start: int, tracking: bool) -> Scanner: ...
 
@@ -253,6 +254,7 @@ class FrontendStream:
         "_executes",
         "_executes_before_sync",
         "_max",
+        "_might_redefine",
         "_might_rewrite",
         "_pending",
         "_pending_need",
@@ -277,6 +279,7 @@ class FrontendStream:
         self._max = max_message_size
         self._dialect = dialect
         self._might_rewrite = dialect.might_rewrite if dialect is not None else None
+        self._might_redefine = dialect.might_redefine if dialect is not None else None
         # A partial header, or a Query/Parse/tracked message not yet whole, and how many
         # bytes it must reach before parsing is worth retrying (appending is amortised O(1):
         # a 100 MB query in 256 kB reads must not be re-copied on every read).
@@ -358,7 +361,7 @@ class FrontendStream:
                         might is not None
                         and (
                             might(data[pos + 5 : end])
-                            or (tracking and _redefines(data[pos + 5 : end]))
+                            or (tracking and self._might_redefine(data[pos + 5 : end]))
                         )
                     )
                 ):
@@ -558,11 +561,8 @@ class FrontendStream:
             plan.renamed_slots[index] = ShapedStatement(text, now)
         plan.syntax_fix = rewrite.syntax_fix
         plan.spans = rewrite.spans
-        if rewrite.sql is None or (
-            len(rewrite.sql) == text_end - pos - 5
-            and memoryview(data)[pos + 5 : text_end] == rewrite.sql
-        ):
-            return None
+        if rewrite.sql is None or not rewrite.renamed:
+            return None  # only a SyntaxFix: the text goes unchanged
         # Written as pieces (writelines): a rewritten 100 MB query is not copied again.
         return [b"Q" + _pack_int32(len(rewrite.sql) + 5), rewrite.sql, b"\0"]
 
@@ -606,16 +606,6 @@ class FrontendStream:
         """``name`` is no longer a rewritten statement."""
         self._statements.pop(name, None)
         self._tracking = bool(self._statements or self._portals)
-
-
-def _redefines(body: bytes) -> bool:
-    """Pre-test while named statements are tracked: could ``body`` redefine one by SQL?"""
-    lowered = body.lower()
-    return (
-        lowered.find(b"deallocate") >= 0
-        or lowered.find(b"prepare") >= 0
-        or lowered.find(b"discard") >= 0
-    )
 
 
 def _expected_auth_response(request: int, t: int) -> str:
@@ -735,8 +725,6 @@ class BackendStream:
             state.client_encoding = value.decode("ascii", "replace").upper()
         elif name == b"standard_conforming_strings":
             state.standard_conforming_strings = value == b"on"
-        elif name == b"server_encoding":
-            state.server_encoding = value.decode("ascii", "replace").upper()
 
     def _walk_shaping(self, data: bytes, pos: int) -> list[bytes]:
         out: list[bytes] = []

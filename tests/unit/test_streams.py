@@ -51,6 +51,7 @@ class HookDialect:
 
     def __init__(self, might, rewrite) -> None:  # type: ignore[no-untyped-def]
         self.might_rewrite = might
+        self.might_redefine = might
         self._rewrite = rewrite
 
     def scanner(self, state: SessionState, start: int, tracking: bool) -> _WholeText:
@@ -363,6 +364,9 @@ class FakeRewriter:
     def might_rewrite(self, body: bytes) -> bool:
         self.pretests.append(body)
         return b"clean" in body.lower()
+
+    def might_redefine(self, body: bytes) -> bool:
+        return False
 
     def scanner(self, state: SessionState, start: int, tracking: bool) -> _WholeText:
         return _WholeText(start, lambda body: b"clean" in body.lower())
