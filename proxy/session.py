@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from .logfmt import value
-from .streams import BackendStream, Dialect, FrontendStream, SessionState, ShapedStatement
+from .streams import BackendStream, Dialect, Fields, FrontendStream, ReplyShaping, SessionState
 from .wire import ProtocolViolation, StartupKind, StartupPacket, StartupParser
 
 _connection_ids = itertools.count(1)
@@ -101,11 +101,9 @@ class Session:
         if self.backend is not None:
             self.backend.release()
 
-    def _outcome(
-        self, shaped: ShapedStatement, tag: bytes, error: list[tuple[int, bytes]] | None
-    ) -> None:
+    def _outcome(self, execution: ReplyShaping, error: Fields | None) -> None:
         assert self.dialect is not None
-        self.dialect.outcome(self, shaped, error)
+        self.dialect.outcome(self, execution, error)
 
     def duration(self) -> float:
         return time.monotonic() - self.started

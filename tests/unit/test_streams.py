@@ -14,12 +14,12 @@ from collections.abc import Iterable
 
 import pytest
 
+from proxy.clean import CleanPlan
 from proxy.streams import (
     BackendStream,
     FrontendStream,
     Rewrite,
     SessionState,
-    ShapedStatement,
     SyntaxFix,
 )
 from proxy.wire import ProtocolViolation, build_fields, command_complete, message
@@ -346,7 +346,7 @@ def test_backend_length_below_four(length: int) -> None:
 
 def _planned() -> SessionState:
     plans = ReplyPlans()
-    plans.for_group(0).renamed_slots[0] = ShapedStatement("CLEAN CONNECTION TO ALL")
+    plans.for_group(0).slots[0] = CleanPlan("CLEAN CONNECTION TO ALL").start()
     return plans
 
 
@@ -388,11 +388,11 @@ DO = b"DO $$begin perform 1; end$$"
 
 def rw(sql: bytes, *renamed: int, fix: SyntaxFix | None = None) -> Rewrite:
     """A Rewrite whose statements ``renamed`` (indexes) become CLEAN CONNECTION."""
-    return Rewrite(sql, tuple((i, f"statement {i}") for i in renamed), fix)
+    return Rewrite(sql, tuple((i, CleanPlan(f"statement {i}")) for i in renamed), fix)
 
 
 def slots(plans: SessionState) -> list[tuple[int, set[int]]]:
-    return [(p.group, set(p.renamed_slots)) for p in plans.queue]
+    return [(p.group, set(p.slots)) for p in plans.queue]
 
 
 @pytest.mark.parametrize("mode", MODES)
