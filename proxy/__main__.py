@@ -8,25 +8,25 @@ stderr, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from .app import run
 from .config import Config, ConfigError, load_config
 from .embedded import EmbeddedPostgresError
-from .logfmt import OneLineFormatter
+from .logfmt import configure_logging
 from .server import ListenError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        config = load_config(sys.argv[1:] if argv is None else argv)
+        config = load_config(argv)
     except ConfigError as exc:
         print(f"pg-dialect-proxy: {exc}", file=sys.stderr)
         return 2
     _configure_logging(config)
     try:
-        run(config)
+        run(config, argv)
     except ConfigError as exc:  # found while starting, e.g. an unreadable certificate
         print(f"pg-dialect-proxy: {exc}", file=sys.stderr)
         return 2
@@ -40,15 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _configure_logging(config: Config) -> None:
     """Records on stderr, one line each whatever the text logged (see :mod:`proxy.logfmt`)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        OneLineFormatter(
-            "%(asctime)s %(levelname)s %(name)s"
-            + ("[%(process)d]" if config.workers > 1 else "")
-            + " %(message)s"
-        )
-    )
-    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    configure_logging(config.log_level, config.log_format, workers=config.workers > 1)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ grammar's (``SyntaxFix``).
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -40,6 +39,7 @@ from grammar.outline import (
     needs_mask,
 )
 
+from .audit import AuditRecord, AuditTrail, decode_sessions
 from .clean_program import (
     AUDIT_MARKER,
     DEFAULT_CHECK_SECONDS,
@@ -50,8 +50,6 @@ from .streams import Fields, Rewrite, SessionState, SyntaxFix
 
 if TYPE_CHECKING:
     from .session import Session
-
-audit_log = logging.getLogger("pgdp.audit")
 
 
 # PostgreSQL client encodings → Python codecs. Where PostgreSQL's encoding is a Windows
@@ -303,6 +301,7 @@ def _rewrite_valid(
 CLEAN_CONNECTION_TAG = b"CLEAN CONNECTION"
 _FIELD_MESSAGE = ord("M")
 _FIELD_CONTEXT = ord("W")
+_FIELD_DETAIL = ord("D")
 
 
 class CleanPlan:
@@ -323,12 +322,13 @@ class CleanRun:
     program's PL/pgSQL CONTEXT lines go (a native command has none) and its final INFO
     with the counts is consumed for the audit record, never forwarded."""
 
-    __slots__ = ("counts", "sent_at", "text")
+    __slots__ = ("counts", "sent_at", "sessions", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.sent_at = time.monotonic()
         self.counts: dict[str, int] = {}
+        self.sessions: list[dict[str, object]] = []  # terminated and skipped, as reported
 
     def completed(self, tag: bytes) -> bytes:
         return CLEAN_CONNECTION_TAG
@@ -337,6 +337,9 @@ class CleanRun:
         text = dict(fields).get(_FIELD_MESSAGE, b"")
         if text.startswith(AUDIT_MARKER):
             self.counts = _parse_counts(text[len(AUDIT_MARKER) :])
+            detail = dict(fields).get(_FIELD_DETAIL)
+            if detail:
+                self.sessions = decode_sessions(detail)
             return None
         return _without_context(fields)
 
@@ -372,6 +375,7 @@ class CleanConnectionDialect:
     ) -> None:
         self.wait_seconds = wait_seconds
         self.check_seconds = check_seconds
+        self.audit = AuditTrail()  # where audit records go (replaced by the application)
 
     might_rewrite = staticmethod(might_contain_clean)
 
@@ -424,27 +428,28 @@ class CleanConnectionDialect:
         )
 
     def outcome(self, session: Session, execution: CleanRun, error: Fields | None) -> None:
-        _audit(session, execution, error)
+        self.audit.emit(audit_record(session, execution, error))
 
 
-def _audit(session: Session, shaped: CleanRun, error: Fields | None) -> None:
-    """One structured line per execution of a CLEAN CONNECTION statement."""
-    duration = time.monotonic() - shaped.sent_at
+def audit_record(session: Session, run: CleanRun, error: Fields | None) -> AuditRecord:
+    """The audit record of one execution of a CLEAN CONNECTION statement."""
+    record = AuditRecord(
+        conn=session.connection_id,
+        client=session.client_address,
+        user=session.user,
+        db=session.database,
+        app=session.application_name,
+        statement=run.text,
+        result="ok" if error is None else "error",
+        duration=round(time.monotonic() - run.sent_at, 6),
+        sessions=run.sessions,
+    )
     if error is None:
-        counts = shaped.counts
-        outcome = (
-            f"result=ok terminated={counts.get('terminated', 0)} "
-            f"skipped={counts.get('skipped', 0)} remaining={counts.get('remaining', 0)}"
-        )
+        record.terminated = run.counts.get("terminated", 0)
+        record.skipped = run.counts.get("skipped", 0)
+        record.remaining = run.counts.get("remaining", 0)
     else:
         fields = dict(error)
-        sqlstate = fields.get(ord("C"), b"").decode(errors="replace")
-        text = fields.get(ord("M"), b"").decode(errors="replace")
-        outcome = f"result=error sqlstate={sqlstate} message={text!r}"
-    audit_log.info(
-        "clean_connection %s statement=%r %s duration=%.3fs",
-        session.describe(),
-        shaped.text,
-        outcome,
-        duration,
-    )
+        record.sqlstate = fields.get(ord("C"), b"").decode(errors="replace")
+        record.error = fields.get(ord("M"), b"").decode(errors="replace")
+    return record

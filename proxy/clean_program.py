@@ -4,7 +4,10 @@
 that the server runs in the caller's own session with the caller's privileges: validation in
 openGauss's order, the optional CHECK, then ``pg_terminate_backend`` on the matching client
 backends the caller may signal, a bounded wait for them to exit, and a final ``INFO`` line
-carrying the counts (consumed by the proxy, never forwarded).
+carrying the counts, with a DETAIL listing every session terminated or skipped (pid, role,
+database, application_name, client address and port, backend_start, state) as base64 of
+UTF-8 JSON, so that no client encoding can garble it (consumed by the proxy, never
+forwarded).
 
 The generated text is pure ASCII. Names are data: they are embedded as hex of the client's
 own bytes and decoded on the server from the client encoding in force when the statement
@@ -71,6 +74,7 @@ DECLARE
   v_skipped pg_catalog.int4 := 0;
   v_remaining pg_catalog.int8 := 0;
   v_signalled pg_catalog.bool;
+  v_report pg_catalog.json[] := '{{}}';
   r pg_catalog.record;
 BEGIN
   SELECT rolsuper INTO v_super FROM pg_catalog.pg_roles
@@ -150,7 +154,8 @@ BEGIN
 
   PERFORM pg_catalog.pg_stat_clear_snapshot();
   FOR r IN
-    SELECT a.pid, a.usesysid, t.rolsuper AS target_super
+    SELECT a.pid, a.usesysid, t.rolsuper AS target_super, a.usename, a.datname,
+           a.application_name, a.client_addr, a.client_port, a.backend_start, a.state
       FROM pg_catalog.pg_stat_activity a
       LEFT JOIN pg_catalog.pg_roles t ON t.oid OPERATOR(pg_catalog.=) a.usesysid
      WHERE {is_session} AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
@@ -163,6 +168,7 @@ BEGIN
          pg_catalog.pg_has_role(current_user, r.usesysid, 'USAGE')
          OR pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE'))) THEN
       v_skipped := v_skipped OPERATOR(pg_catalog.+) 1;
+      v_report := pg_catalog.array_append(v_report, {victim_skipped});
       CONTINUE;
     END IF;
     BEGIN
@@ -180,9 +186,11 @@ BEGIN
       IF v_signalled THEN
         v_terminated := v_terminated OPERATOR(pg_catalog.+) 1;
         v_pids := pg_catalog.array_append(v_pids, r.pid);
+        v_report := pg_catalog.array_append(v_report, {victim_terminated});
       END IF;
     EXCEPTION WHEN insufficient_privilege THEN
       v_skipped := v_skipped OPERATOR(pg_catalog.+) 1;
+      v_report := pg_catalog.array_append(v_report, {victim_skipped});
     END;
   END LOOP;
   IF v_skipped OPERATOR(pg_catalog.>) 0 THEN
@@ -205,7 +213,9 @@ BEGIN
       'clean active sessions not completed, %s remain', v_remaining);
   END IF;
   RAISE INFO USING MESSAGE = pg_catalog.format(
-    '{marker}terminated=%s skipped=%s remaining=%s', v_terminated, v_skipped, v_remaining);
+    '{marker}terminated=%s skipped=%s remaining=%s', v_terminated, v_skipped, v_remaining),
+    DETAIL = pg_catalog.encode(pg_catalog.convert_to(
+      pg_catalog.array_to_json(v_report)::pg_catalog.text, 'UTF8'), 'base64');
 END
 {tag}"""
 
@@ -256,4 +266,16 @@ def render_program(
         check_wait=repr(float(check_seconds)),
         marker=AUDIT_MARKER.decode(),
         is_session=_IS_SESSION,
+        victim_skipped=_victim("skipped"),
+        victim_terminated=_victim("terminated"),
+    )
+
+
+def _victim(outcome: str) -> str:
+    """The JSON object reporting one matching session (``r``) and what was done to it."""
+    return (
+        f"pg_catalog.json_build_object('outcome', '{outcome}', 'pid', r.pid, "
+        "'role', r.usename, 'database', r.datname, 'application_name', r.application_name, "
+        "'client_addr', r.client_addr, 'client_port', r.client_port, "
+        "'backend_start', r.backend_start, 'state', r.state)"
     )

@@ -101,6 +101,50 @@ class Config:
     tls_key: Path | None = None
     upstream_sslmode: str = "prefer"  # libpq's sslmode towards the server (TCP only)
     upstream_sslrootcert: Path | None = None  # CA file for verify-ca / verify-full
+    log_format: str = "text"  # "text" (key=value lines) or "json" (one object per line)
+    audit_log: Path | None = None  # CLEAN CONNECTION audit records also go here (JSON lines)
+    metrics_listen: Address | None = None  # where /metrics and /healthz are served
+    metrics_label_limit: int = 100  # distinct database/user label values before "other"
+    application_name_add_host: bool = False  # append " - host:port" to application_name
+    tcp_keepalive: bool = True  # SO_KEEPALIVE on both legs of every session
+    tcp_keepalive_idle: int | None = None  # seconds; None: the OS's (TCP_KEEPIDLE)
+    tcp_keepalive_interval: int | None = None  # seconds; None: the OS's (TCP_KEEPINTVL)
+    tcp_keepalive_count: int | None = None  # probes; None: the OS's (TCP_KEEPCNT)
+    reuse_port: bool = True  # SO_REUSEPORT: a second proxy may share the port (online restart)
+
+    def needs_restart(self, other: Config) -> list[str]:
+        """The settings that differ from ``other`` but take effect only on a restart."""
+        return [
+            name.replace("_", "-")
+            for name in RESTART_SETTINGS
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+RESTART_SETTINGS = (
+    "listen",
+    "upstream",
+    "data_dir",
+    "workers",
+    "upstream_sslmode",
+    "upstream_sslrootcert",
+    "metrics_listen",
+    "reuse_port",
+)
+"""Settings a SIGHUP reload reports and keeps: changing them needs a restart."""
+
+_BOOLEANS = {"on": True, "true": True, "yes": True, "1": True}
+_BOOLEANS.update({"off": False, "false": False, "no": False, "0": False})
+
+
+def parse_bool(text: object, what: str) -> bool:
+    """``on/off``, ``true/false``, ``yes/no``, ``1/0`` (TOML booleans too)."""
+    if isinstance(text, bool):
+        return text
+    found = _BOOLEANS.get(str(text).strip().lower())
+    if found is None:
+        raise ConfigError(f"{what}: expected on or off, got {text!r}")
+    return found
 
 
 def default_data_dir() -> Path:
@@ -194,6 +238,57 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity [info]",
     )
+    add(
+        "--log-format",
+        choices=["text", "json"],
+        help="log records as key=value text or as one JSON object per line [text]",
+    )
+    add(
+        "--audit-log",
+        metavar="FILE",
+        help="also append CLEAN CONNECTION audit records to FILE (JSON lines; reopened on SIGHUP)",
+    )
+    add(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz on HOST:PORT [off]",
+    )
+    add(
+        "--metrics-label-limit",
+        type=int,
+        metavar="N",
+        help="distinct databases/users labelled in metrics before the rest count as 'other' [100]",
+    )
+    flag = {"nargs": "?", "const": "on", "metavar": "on|off"}
+    add(
+        "--application-name-add-host",
+        **flag,
+        help="append the client's address and port to application_name [off]",
+    )
+    add("--tcp-keepalive", **flag, help="TCP keepalive on client and server sockets [on]")
+    add(
+        "--tcp-keepalive-idle",
+        type=int,
+        metavar="SECONDS",
+        help="idle time before the first keepalive probe [the OS's]",
+    )
+    add(
+        "--tcp-keepalive-interval",
+        type=int,
+        metavar="SECONDS",
+        help="time between keepalive probes [the OS's]",
+    )
+    add(
+        "--tcp-keepalive-count",
+        type=int,
+        metavar="N",
+        help="unanswered probes before the connection is dropped [the OS's]",
+    )
+    add(
+        "--reuse-port",
+        **flag,
+        help="SO_REUSEPORT: a second proxy may listen on the same port (online restart) [on]",
+    )
     parser.set_defaults(
         **{action.dest: None for action in parser._actions if action.dest != "help"}
     )
@@ -236,6 +331,10 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         ("client_login_timeout", float),
         ("clean_wait_timeout", float),
         ("clean_check_timeout", float),
+        ("metrics_label_limit", int),
+        ("tcp_keepalive_idle", int),
+        ("tcp_keepalive_interval", int),
+        ("tcp_keepalive_count", int),
     ):
         raw = value(name)
         if raw is None:
@@ -261,8 +360,27 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     tls_cert, tls_key = value("tls_cert"), value("tls_key")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("tls-cert and tls-key: give both or neither")
+    log_format = str(value("log_format") or "text").lower()
+    if log_format not in {"text", "json"}:
+        raise ConfigError(f"log-format: expected text or json, got {log_format!r}")
+    for name in ("application_name_add_host", "tcp_keepalive", "reuse_port"):
+        raw = value(name)
+        if raw is not None and raw != "":
+            options[name] = parse_bool(raw, name.replace("_", "-"))
+    metrics_text = value("metrics_listen")
+    metrics_listen = None
+    if metrics_text:
+        metrics_listen = parse_address(
+            str(metrics_text), what="--metrics-listen", default_port=9930
+        )
+        if metrics_listen.unix_path:
+            raise ConfigError("--metrics-listen: expected HOST:PORT")
+    audit_log = value("audit_log")
     return Config(
         listen=listen,
+        log_format=log_format,
+        audit_log=Path(str(audit_log)) if audit_log else None,
+        metrics_listen=metrics_listen,
         upstream=upstream,
         data_dir=data_dir,
         log_level=log_level,

@@ -9,7 +9,10 @@ not, so that one record is always one line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
+import sys
 import time
 from collections.abc import Callable
 
@@ -111,3 +114,91 @@ class RateLimitedLog:
             count, self._count = self._count, 0
             self._next = self._clock() + self._interval
             self._emit(count)
+
+
+# --- JSON lines ----------------------------------------------------------------------
+
+_PAIR = re.compile(r'([a-z_][a-z0-9_]*)=("(?:[^"\\]|\\.)*"|\S*)')
+_UNESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
+_SIMPLE_UNESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"'}
+
+
+def unquote(text: str) -> str:
+    """The inverse of :func:`value`: the original text of one logfmt value."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        text = text[1:-1]
+    if "\\" not in text:
+        return text
+
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if len(code) > 1:
+            return chr(int(code[1:], 16))
+        return _SIMPLE_UNESCAPES.get(code, code)
+
+    return _UNESCAPE.sub(one, text)
+
+
+def pairs(message: str) -> tuple[dict[str, str], str]:
+    """The ``key=value`` fields of a log message (values unescaped) and its other words,
+    which name the event (``opened``, ``closed``, ``listening on ...``)."""
+    found: dict[str, str] = {}
+    words: list[str] = []
+    at = 0
+    for match in _PAIR.finditer(message):
+        words.append(message[at : match.start()])
+        found.setdefault(match.group(1), unquote(match.group(2)))
+        at = match.end()
+    words.append(message[at:])
+    return found, " ".join(" ".join(words).split())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with stable field names: ``time`` (UTC, ISO 8601),
+    ``level``, ``logger``, ``pid``, ``event``, the message's ``key=value`` fields (``conn``,
+    ``client``, ``user``, ``db``, ``app``, ...), ``message`` (the whole text line), and
+    any mapping passed as ``extra={"fields": {...}}`` (the audit record's). Non-ASCII and
+    control characters are escaped by the JSON encoding: a record is always one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        found, event = pairs(message)
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "event": getattr(record, "event", None) or event,
+        }
+        for key, text in found.items():
+            entry.setdefault(key, text)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        entry["message"] = message
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=True, default=str)
+
+
+def make_formatter(log_format: str, *, workers: bool) -> logging.Formatter:
+    """The formatter for ``--log-format`` (``text`` or ``json``)."""
+    if log_format == "json":
+        return JsonFormatter()
+    return OneLineFormatter(
+        "%(asctime)s %(levelname)s %(name)s" + ("[%(process)d]" if workers else "") + " %(message)s"
+    )
+
+
+def configure_logging(level: str, log_format: str, *, workers: bool = False) -> None:
+    """Records on stderr in ``log_format`` at ``level``; called again on reload, it
+    changes the format and level of the same handler."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "pgdp", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.pgdp = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    handler.setFormatter(make_formatter(log_format, workers=workers))
+    root.setLevel(level.upper())

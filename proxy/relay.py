@@ -21,9 +21,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 
+from .appname import with_client_address
 from .config import Address, Config
+from .events import (
+    LOGIN_TIMEOUT as REFUSED_LOGIN_TIMEOUT,
+)
+from .events import (
+    NO_EVENTS,
+    PROTOCOL_VIOLATION,
+    UPSTREAM_UNREACHABLE,
+    SessionEvents,
+)
+from .keepalive import set_keepalive
 from .logfmt import value
 from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
 from .upstream import UpstreamError, UpstreamTLS, connect_upstream, forward_cancel
@@ -89,6 +101,7 @@ class ClientProtocol(asyncio.Protocol):
         "_upstream",
         "_upstream_tls",
         "bytes_in",
+        "events",
         "session",
     )
 
@@ -104,6 +117,7 @@ class ClientProtocol(asyncio.Protocol):
     ) -> None:
         self._config = config
         self._on_refused = on_refused
+        self.events: SessionEvents = NO_EVENTS  # set by the server: metrics
         self._tls = tls
         self._upstream_tls = upstream_tls
         self._upstream = upstream
@@ -256,6 +270,7 @@ class ClientProtocol(asyncio.Protocol):
                 ssl_handshake_timeout=self._config.connect_timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
+            self.events.tls_failed()
             if not self._ending:  # else the reason is logged already (login timeout)
                 log.warning("%s TLS handshake failed: %s", session.describe(), value(str(exc)))
             transport = None
@@ -289,6 +304,7 @@ class ClientProtocol(asyncio.Protocol):
             self._login_stage(),
         )
         self._ending = True
+        self.events.refused(REFUSED_LOGIN_TIMEOUT)
         self.terminate(LOGIN_TIMEOUT, abort_server=True)
 
     def _login_stage(self) -> str:
@@ -321,6 +337,7 @@ class ClientProtocol(asyncio.Protocol):
         session = self.session
         assert session is not None and self._transport is not None
         loop = asyncio.get_running_loop()
+        began = time.monotonic()
         try:
             transport, server, encrypted = await connect_upstream(
                 loop,
@@ -330,13 +347,17 @@ class ClientProtocol(asyncio.Protocol):
                 self._upstream_tls,
             )
         except UpstreamError as exc:
+            self.events.upstream_failed(time.monotonic() - began)
             if self._ending:  # the client was told why already
                 return
+            self.events.refused(UPSTREAM_UNREACHABLE)
             log.warning("%s upstream unreachable: %s", session.describe(), exc)
             if not self._transport.is_closing():
                 self._transport.write(error_response("08001", str(exc), severity="FATAL"))
                 self._transport.close()
             return
+        self.events.upstream_connected(time.monotonic() - began)
+        set_keepalive(transport.get_extra_info("socket"), self._config)
         if self._transport.is_closing():
             transport.abort()
             return
@@ -357,7 +378,10 @@ class ClientProtocol(asyncio.Protocol):
             self._upstream,
             " (tls)" if encrypted else "",
         )
-        transport.write(packet.raw)
+        if self._config.application_name_add_host and ":" in session.client_address:
+            transport.write(with_client_address(packet, session.client_address))
+        else:
+            transport.write(packet.raw)
         rest, self._rest = self._rest, b""
         if rest:
             self.data_received(rest)
@@ -365,6 +389,11 @@ class ClientProtocol(asyncio.Protocol):
         self._transport.resume_reading()
 
     # --- helpers used by the server side ---------------------------------------------
+
+    @property
+    def tls_handshaking(self) -> bool:
+        """The client's TLS handshake is under way."""
+        return self._handshaking
 
     @property
     def over_limit(self) -> bool:
@@ -449,6 +478,7 @@ class ClientProtocol(asyncio.Protocol):
         assert session is not None
         log.warning("%s protocol violation: %s", session.describe(), value(str(exc)))
         self._ending = True
+        self.events.refused(PROTOCOL_VIOLATION)
         detail = getattr(exc, "detail", None)
         self.terminate(
             error_response(exc.sqlstate, str(exc), severity="FATAL", detail=detail),

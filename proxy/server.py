@@ -25,8 +25,11 @@ import socket
 import ssl
 import stat
 from collections.abc import Callable
+from typing import Any
 
 from .config import Address, Config
+from .events import LIMIT, NO_EVENTS, SessionEvents
+from .keepalive import set_keepalive
 from .logfmt import RateLimitedLog
 from .relay import ADMIN_SHUTDOWN, ClientProtocol
 from .session import Session
@@ -69,11 +72,24 @@ class Acceptor:
     def start(self) -> None:
         self._loop.add_reader(self._fd, self._accept)
 
-    def close(self) -> None:
-        """Stop accepting and close the listening socket."""
+    def close(self, *, drain: bool = False) -> None:
+        """Stop accepting and close the listening socket. ``drain``: first take every
+        connection already waiting in the backlog (closing would reset them), in the same
+        turn of the loop as the close: with SO_REUSEPORT, another process sharing the port
+        then gets all new connections and none is lost (online restart)."""
         if self._closed:
             return
         self._closed = True
+        if drain:
+            with contextlib.suppress(OSError):
+                while True:
+                    try:
+                        conn, _ = self._sock.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except ConnectionAbortedError:
+                        continue
+                    self._adopt(conn)
         if self._retry is not None:
             self._retry.cancel()  # the reader is off already
         else:
@@ -181,6 +197,8 @@ class ProxyServer:
         self._stopped = asyncio.Event()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
+        self.events: SessionEvents = NO_EVENTS  # session events, for metrics
+        self.metrics: Any = None  # a proxy.metrics.Metrics, when metrics are served
 
     # --- listening -------------------------------------------------------------------
 
@@ -189,17 +207,24 @@ class ProxyServer:
         ``host:port`` strings (or socket paths)."""
         listen = self.config.listen
         try:
-            sockets = await bind_listeners(listen, reuse_port=self.config.workers > 1)
+            sockets = await bind_listeners(
+                listen, reuse_port=self.config.workers > 1 or self.config.reuse_port
+            )
         except OSError as exc:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
         self._acceptors = [Acceptor(sock, self._adopt, self._accept_failed) for sock in sockets]
         bound = [_address(sock) for sock in sockets]
         for acceptor in self._acceptors:
             acceptor.start()
+        if self.metrics is not None:
+            self.metrics.set_accepting(True)
         return bound
 
     def _adopt(self, conn: socket.socket) -> None:
         conn.setblocking(False)
+        set_keepalive(conn, self.config)
+        if self.metrics is not None:
+            self.metrics.accepted()
         task = asyncio.get_running_loop().create_task(self._connect_accepted(conn))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
@@ -235,8 +260,9 @@ class ProxyServer:
             self._client_closed,
             self._tls,
             self._upstream_tls,
-            on_refused=self._refusals if over_limit else None,
+            on_refused=self._refused if over_limit else None,
         )
+        client.events = self.events
         if not over_limit:
             self._admitted += 1
         self.clients.add(client)
@@ -249,6 +275,10 @@ class ProxyServer:
             max_message_size=self.config.max_message_size,
             dialect=self._dialect,
         )
+
+    def _refused(self) -> None:
+        self.events.refused(LIMIT)
+        self._refusals()
 
     def _log_refusals(self, count: int) -> None:
         log.warning(
@@ -264,6 +294,14 @@ class ProxyServer:
             if not client.over_limit:
                 self._admitted -= 1
         session = client.session
+        if self.metrics is not None and session is not None:
+            state = session.state
+            self.metrics.session_closed(
+                client.bytes_in,
+                client.server_bytes_in,
+                state.groups_sent if state is not None else 0,
+                state.answering_group + 1 if state is not None else 0,
+            )
         if session is not None and session.user and not client.over_limit:
             session_log.info(
                 "%s closed duration=%.3fs bytes_in=%d bytes_out=%d",
@@ -274,6 +312,12 @@ class ProxyServer:
             )
         if not self.clients:
             self._all_closed.set()
+
+    def reconfigure(self, config: Config, tls: ssl.SSLContext | None) -> None:
+        """Settings for the clients accepted from now on (SIGHUP): open sessions keep the
+        configuration and TLS context they started with."""
+        self.config = config
+        self._tls = tls
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -286,7 +330,9 @@ class ProxyServer:
         """SIGTERM (graceful): stop accepting, let sessions finish. SIGINT: close all now."""
         log.info("stopping (%s)", "graceful" if graceful else "immediate")
         for acceptor in self._acceptors:
-            acceptor.close()
+            acceptor.close(drain=graceful)
+        if self.metrics is not None:
+            self.metrics.set_accepting(False)
         if not graceful:
             for client in list(self.clients):
                 client.abort()

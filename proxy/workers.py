@@ -35,8 +35,17 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def supervise(count: int, work: Callable[[int], None]) -> int:
-    """Run ``work(index)`` in ``count`` forked processes until a signal stops them all."""
+def supervise(
+    count: int,
+    work: Callable[[int], None],
+    *,
+    on_exit: Callable[[int], None] | None = None,
+    on_reload: Callable[[], None] | None = None,
+) -> int:
+    """Run ``work(index)`` in ``count`` forked processes until a signal stops them all.
+
+    SIGHUP is forwarded to every worker (each reloads its settings) after ``on_reload()``
+    ran here; ``on_exit(pid)`` is called for every worker that exited (its metrics)."""
     children: dict[int, int] = {}
     stopping = False
 
@@ -45,6 +54,7 @@ def supervise(count: int, work: Callable[[int], None]) -> int:
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             code = 1
             try:
                 work(index)
@@ -64,8 +74,16 @@ def supervise(count: int, work: Callable[[int], None]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def reload(signum: int, _frame: object) -> None:
+        if on_reload is not None:
+            on_reload()
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
     for index in range(count):
         spawn(index)
     status = 0
@@ -77,6 +95,8 @@ def supervise(count: int, work: Callable[[int], None]) -> int:
         index = children.pop(pid, None)
         if index is None:
             continue
+        if on_exit is not None:
+            on_exit(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             status = status or (code if code > 0 else 0)
