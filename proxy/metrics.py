@@ -23,6 +23,7 @@ import http.server
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -73,8 +74,24 @@ def worker_exited(pid: int) -> None:
 def collecting_registry() -> CollectorRegistry:
     """The registry the supervisor serves: the sum over every worker's files."""
     registry = CollectorRegistry()
-    _multiprocess.MultiProcessCollector(registry)
+    registry.register(_RetryingCollector())
     return registry
+
+
+class _RetryingCollector:
+    """prometheus_client's MultiProcessCollector, read again when a file was caught while a
+    (re)starting worker creates it (empty, or gone in between)."""
+
+    def __init__(self) -> None:
+        self._inner = _multiprocess.MultiProcessCollector(None)
+
+    def collect(self) -> list[Any]:
+        for _ in range(20):
+            try:
+                return list(self._inner.collect())
+            except (struct.error, OSError, ValueError):
+                time.sleep(0.005)
+        return list(self._inner.collect())
 
 
 class _Delta:
