@@ -1,0 +1,133 @@
+"""``--log-format json`` and the CLEAN CONNECTION audit record (``--audit-log``), end to
+end: real clients, a real CLEAN, the log file read line by line."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import PgServer, wait_until
+from tests.e2e.victims import Victims
+
+
+def _json_lines(text: str) -> list[dict]:
+    """Every line of ``text`` parsed as one JSON object (fails on any other line)."""
+    records = []
+    for line in text.splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
+def test_json_logs_parse_line_by_line(start_proxy, pg: PgServer) -> None:
+    proxy = start_proxy("--log-format", "json")
+    hostile_app = 'app\n{"level": "error"} x="y"\u2028'
+    with proxy.connect(application_name=hostile_app) as conn:
+        conn.execute("select 1")
+    with pytest.raises(psycopg.OperationalError):
+        proxy.connect(dbname="no_such_database_x")
+    wait_until(lambda: proxy.log().count('"event": "closed"') >= 2, 10, "two closed records")
+    records = _json_lines(proxy.log())
+    for record in records:
+        assert {"time", "level", "logger", "event", "message"} <= record.keys()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
+    opened = [r for r in records if r["event"] == "opened"]
+    assert opened[0]["user"] == pg.user and opened[0]["db"] == "postgres"
+    assert opened[0]["app"] == hostile_app  # the client's text, whole, in one field
+    assert opened[0]["client"].startswith("127.0.0.1:")
+    assert int(opened[0]["conn"]) >= 1
+    closed = [r for r in records if r["event"] == "closed"]
+    assert {"duration", "bytes_in", "bytes_out"} <= closed[0].keys()
+    assert any(r["event"].startswith("listening on") for r in records)
+    assert all(r["level"] != "error" for r in records)
+
+
+def test_audit_record_names_every_victim(
+    start_proxy, pg: PgServer, make_db, make_role, victims: Victims, tmp_path: Path
+) -> None:
+    audit_file = tmp_path / "audit.jsonl"
+    proxy = start_proxy("--log-format", "json", "--audit-log", str(audit_file))
+    db = make_db()
+    owner = make_role("audit_owner", "createdb")
+    make_role("audit_super", "superuser")
+    with pg.connect() as admin:
+        admin.execute(f"alter database {db} owner to audit_owner")
+    victims.open("proxied", proxy.dsn(db))
+    victims.open("direct", pg.dsn(db))
+    victims.open("busy", pg.dsn(db), state="active")
+    victims.open("superuser", pg.dsn(db, user="audit_super", password="pw"))
+    pids = {name: victim.pid for name, victim in victims.all.items()}
+    with psycopg.connect(
+        proxy.dsn(user=owner, password="pw"), autocommit=True, application_name="cleaner"
+    ) as conn:
+        conn.execute(f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}")
+    victims.assert_fate({"proxied", "direct", "busy"})
+
+    wait_until(audit_file.exists, 10, "the audit file")
+    (record,) = _json_lines(audit_file.read_text())
+    assert record["event"] == "clean_connection"
+    assert record["result"] == "ok" and record["sqlstate"] == ""
+    assert record["user"] == owner and record["db"] == "postgres" and record["app"] == "cleaner"
+    assert record["client"].startswith("127.0.0.1:")
+    assert record["statement"] == f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"
+    assert (record["terminated"], record["skipped"], record["remaining"]) == (3, 1, 0)
+    assert record["duration"] >= 0
+    by_pid = {entry["pid"]: entry for entry in record["sessions"]}
+    assert set(by_pid) == set(pids.values())
+    for name in ("proxied", "direct", "busy"):
+        entry = by_pid[pids[name]]
+        assert entry["outcome"] == "terminated"
+        assert entry["database"] == db
+        assert entry["role"] == pg.user
+        assert entry["application_name"].startswith(f"victim-{name}-")
+        assert entry["client_addr"] == "127.0.0.1" and entry["client_port"] > 0
+        assert entry["backend_start"]
+    assert by_pid[pids["busy"]]["state"] == "active"
+    assert by_pid[pids["direct"]]["state"] == "idle"
+    skipped = by_pid[pids["superuser"]]
+    assert skipped["outcome"] == "skipped" and skipped["role"] == "audit_super"
+
+    # The same record in the log: JSON fields, and a failing CLEAN is audited too.
+    with proxy.connect() as conn, pytest.raises(psycopg.errors.InvalidCatalogName):
+        conn.execute("CLEAN CONNECTION TO ALL FORCE FOR DATABASE no_such_database_x")
+    wait_until(lambda: len(audit_file.read_text().splitlines()) == 2, 10, "the second record")
+    failed = _json_lines(audit_file.read_text())[1]
+    assert failed["result"] == "error" and failed["sqlstate"] == "3D000"
+    assert failed["error"] == 'database "no_such_database_x" does not exist'
+    logged = [r for r in _json_lines(proxy.log()) if r["logger"] == "pgdp.audit"]
+    assert [r["sqlstate"] for r in logged] == ["", "3D000"]
+    assert {e["pid"] for e in logged[0]["sessions"]} == set(pids.values())
+
+    # Log rotation: the file moved away, SIGHUP, the next record goes to a new file.
+    audit_file.rename(tmp_path / "audit.jsonl.1")
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in proxy.log(), 10, "the reload")
+    with proxy.connect() as conn:
+        conn.execute(f"CLEAN CONNECTION TO ALL FOR DATABASE {db}")
+    wait_until(audit_file.exists, 10, "the reopened audit file")
+    (rotated,) = _json_lines(audit_file.read_text())
+    assert rotated["statement"] == f"CLEAN CONNECTION TO ALL FOR DATABASE {db}"
+    assert len((tmp_path / "audit.jsonl.1").read_text().splitlines()) == 2
+
+
+def test_audit_record_in_text_format(start_proxy, pg: PgServer, make_db, victims) -> None:
+    proxy = start_proxy()
+    db = make_db()
+    victim = victims.open("v", pg.dsn(db))
+    with proxy.connect() as conn:
+        conn.execute(f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}")
+    line = wait_until(
+        lambda: next((x for x in proxy.log().splitlines() if "pgdp.audit" in x), None),
+        10,
+        "the audit line",
+    )
+    assert "result=ok terminated=1 skipped=0 remaining=0" in line
+    sessions = re.search(r' sessions="((?:[^"\\]|\\.)*)"', line).group(1)  # type: ignore[union-attr]
+    (entry,) = json.loads(sessions.replace('\\"', '"'))
+    assert entry["pid"] == victim.pid and entry["outcome"] == "terminated"
