@@ -290,6 +290,15 @@ def test_backend_pass_through(mode: str) -> None:
     assert stream.at_message_boundary()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_backend_records_the_backend_pid(mode: str) -> None:
+    """BackendKeyData names the server process: the peer registry's key."""
+    state = SessionState()
+    stream = BackendStream(state)
+    assert feed(stream, split_modes(STARTUP_REPLY)[mode]) == STARTUP_REPLY
+    assert state.backend_pid == 1 and state.ready
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_prefixes_come_out_as_prefixes(seed: int) -> None:
     """With trailing bytes (an incomplete message at the end), what was sent so far is a
