@@ -43,13 +43,13 @@ from .wire import (
     cstring_at,
     message,
     parse_fields,
+    query_header,
 )
 
 PG_MAX_AUTH_TOKEN_LENGTH = 65535
 """The largest message PostgreSQL accepts while authenticating (password, SASL, GSS)."""
 
 _unpack_int32 = struct.Struct("!I").unpack_from
-_pack_int32 = struct.Struct("!I").pack
 
 # Frontend message types (client → server) that need more than a header; the hot loop in
 # FrontendStream.feed spells the others (Sync, FunctionCall, CopyDone/Fail) as literals.
@@ -586,7 +586,7 @@ class FrontendStream:
         if rewrite.sql is None or not rewrite.planned:
             return None  # only a SyntaxFix: the text goes unchanged
         # Written as pieces (writelines): a rewritten 100 MB query is not copied again.
-        return [b"Q" + _pack_int32(len(rewrite.sql) + 5), rewrite.sql, b"\0"]
+        return [query_header(len(rewrite.sql)), rewrite.sql, b"\0"]
 
     def _inspect_parse(self, data: bytes, pos: int, end: int) -> list[bytes] | None:
         """A Parse whose pre-test fired: rewrite it and remember the statement's name."""
