@@ -11,13 +11,18 @@ import resource
 import signal
 import ssl
 import sys
+import tempfile
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 from .audit import AuditTrail
 from .clean import CleanConnectionDialect
 from .config import RESTART_SETTINGS, Address, Config, ConfigError, load_config
 from .embedded import EmbeddedPostgres
 from .logfmt import configure_logging, value
+from .peers import PeerRegistry, forget_worker
+from .runtime import Runtime
 from .server import ListenError, ProxyServer
 from .tls import client_tls_context, upstream_tls
 from .upstream import UpstreamTLS
@@ -28,16 +33,18 @@ log = logging.getLogger("pgdp")
 FD_RESERVE = 32  # descriptors a process needs besides its clients': loop, listeners, log…
 
 
-def _event_loop_factory():  # type: ignore[no-untyped-def]
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop where it is installed (every POSIX install), asyncio's otherwise: for
+    ``asyncio.Runner(loop_factory=...)``, the runner API (no event loop policy)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 @dataclasses.dataclass(frozen=True)
-class _Runtime:
+class _Launch:
     """What every worker needs: the configuration and what was prepared from it."""
 
     config: Config
@@ -46,6 +53,7 @@ class _Runtime:
     tls: ssl.SSLContext | None
     upstream_tls: UpstreamTLS | None
     fd_limits: FdLimits | None  # set only where they are logged (one process)
+    peers_dir: Path | None = None  # the peer registry the workers share
     argv: tuple[str, ...] = ()  # the command line, read again on SIGHUP
     base: Config | None = None  # the configuration as loaded (before the port was pinned)
     worker: int = 0
@@ -57,7 +65,7 @@ def run(config: Config, argv: list[str] | None = None) -> None:
 
     ``argv`` is the command line the configuration came from: SIGHUP reads it again, with
     the environment and the config file (default: ``sys.argv[1:]``)."""
-    # SIGHUP reloads (installed with the event loop); never let it kill the proxy before.
+    # SIGHUP reloads (handled once the event loop runs); it must never kill the proxy.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Fail on a bad certificate before starting anything.
     tls = client_tls_context(config)
@@ -71,7 +79,7 @@ def run(config: Config, argv: list[str] | None = None) -> None:
         embedded.start()
         upstream = Address(host=embedded.host, port=embedded.port)
         server_tls = None  # a local server built without TLS: skip the SSLRequest round trip
-    runtime = _Runtime(
+    launch = _Launch(
         config,
         upstream,
         embedded,
@@ -83,12 +91,18 @@ def run(config: Config, argv: list[str] | None = None) -> None:
     )
     try:
         if config.workers > 1 and config.listen.host:
-            _run_workers(runtime)
+            with tempfile.TemporaryDirectory(prefix="pgdp-peers-", dir=_shm()) as peers:
+                _run_workers(dataclasses.replace(launch, peers_dir=Path(peers)))
         else:
-            _run_loop(runtime)
+            _run_loop(launch)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _shm() -> str | None:
+    """A memory-backed directory for the peer registry where there is one."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,32 +149,35 @@ def _count(limit: int) -> str:
     return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
 
-def _run_loop(runtime: _Runtime) -> None:
-    with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
-        runner.run(_serve(runtime))
+def _run_loop(launch: _Launch) -> None:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_serve(launch))
 
 
-def _run_workers(runtime: _Runtime) -> None:
+def _run_workers(launch: _Launch) -> None:
     """Fork ``config.workers`` processes sharing one port; the first announces it. With
     ``--metrics-listen`` this process serves the metrics of all of them."""
     from . import metrics as metrics_module  # prometheus_client only when used
 
-    config = runtime.config
-    listen = config.listen
+    listen = launch.config.listen
     try:
         holder = reserve_port(listen.host, listen.port)  # type: ignore[arg-type]
     except OSError as exc:
         raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     pinned = dataclasses.replace(
-        config, listen=dataclasses.replace(listen, port=holder.getsockname()[1])
+        launch.config, listen=dataclasses.replace(listen, port=holder.getsockname()[1])
     )
+
     directory: str | None = None
     endpoint = None
-    if config.metrics_listen is not None:
+    if launch.config.metrics_listen is not None:
         directory = metrics_module.use_multiprocess_dir()
-        endpoint = _metrics_endpoint(
-            config, metrics_module.collecting_registry(), refresh=None, holder=holder
-        )
+        try:
+            endpoint = _metrics_endpoint(launch.config, metrics_module.collecting_registry())
+        except ListenError:
+            holder.close()
+            metrics_module.remove_multiprocess_dir(directory)
+            raise
 
     def work(index: int) -> None:
         holder.close()
@@ -169,24 +186,29 @@ def _run_workers(runtime: _Runtime) -> None:
         first = index == 0
         _run_loop(
             dataclasses.replace(
-                runtime,
+                launch,
                 config=pinned,
-                embedded=runtime.embedded if first else None,
-                fd_limits=runtime.fd_limits if first else None,
+                embedded=launch.embedded if first else None,
+                fd_limits=launch.fd_limits if first else None,
                 worker=index,
                 multiprocess=directory is not None,
             )
         )
 
+    def exited(worker_pid: int) -> None:
+        if launch.peers_dir is not None:
+            forget_worker(launch.peers_dir, worker_pid)
+        metrics_module.worker_exited(worker_pid)
+
     def reload_here() -> None:
         try:
-            new = load_config(list(runtime.argv))
+            new = load_config(list(launch.argv))
         except ConfigError:
             return  # each worker logs why
         configure_logging(new.log_level, new.log_format, workers=True)
 
     try:
-        supervise(config.workers, work, on_exit=metrics_module.worker_exited, on_reload=reload_here)
+        supervise(launch.config.workers, work, on_exit=exited, on_reload=reload_here)
     finally:
         holder.close()
         if endpoint is not None:
@@ -195,7 +217,7 @@ def _run_workers(runtime: _Runtime) -> None:
             metrics_module.remove_multiprocess_dir(directory)
 
 
-def _metrics_endpoint(config: Config, registry, *, refresh, holder=None):  # type: ignore[no-untyped-def]
+def _metrics_endpoint(config: Config, registry, refresh=None):  # type: ignore[no-untyped-def]
     """Start the /metrics and /healthz server; ListenError when its address is taken."""
     from .metrics import MetricsServer
 
@@ -204,41 +226,45 @@ def _metrics_endpoint(config: Config, registry, *, refresh, holder=None):  # typ
     try:
         endpoint = MetricsServer(address, registry, reuse_port=config.reuse_port, refresh=refresh)
     except OSError as exc:
-        if holder is not None:
-            holder.close()
         raise ListenError(f"cannot listen on {address} (metrics): {exc.strerror or exc}") from None
     endpoint.start()
     log.info("metrics on http://%s/metrics and /healthz", endpoint.address)
     return endpoint
 
 
-async def _serve(runtime: _Runtime) -> None:
-    config, upstream, embedded = runtime.config, runtime.upstream, runtime.embedded
+async def _serve(launch: _Launch) -> None:
+    config, upstream, embedded = launch.config, launch.upstream, launch.embedded
+    peers = PeerRegistry(launch.peers_dir)
     dialect = CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout)
-    dialect.audit = AuditTrail(config.audit_log)
+    dialect.audit = AuditTrail(config.audit_log, peers)
+    metrics = _make_metrics(launch, dialect)
     server = ProxyServer(
-        config,
-        upstream,
-        dialect=dialect,
-        tls=runtime.tls,
-        upstream_tls=runtime.upstream_tls,
+        Runtime(
+            config,
+            upstream,
+            dialect=dialect,
+            tls=launch.tls,
+            upstream_tls=launch.upstream_tls,
+            peers=peers,
+            events=_session_events(metrics),
+        )
     )
-    metrics = _attach_metrics(runtime, server, dialect)
+    server.metrics = metrics
     loop = asyncio.get_running_loop()
     endpoint = None
     sampler: asyncio.Task[None] | None = None
     try:
         bound = await server.start()
         if metrics is not None:
-            if not runtime.multiprocess:
+            if not launch.multiprocess:
                 endpoint = _metrics_endpoint(
                     config, metrics.registry, refresh=_sampling_on(loop, metrics, server)
                 )
             sampler = loop.create_task(_sample_forever(metrics, server))
         server.install_signal_handlers()
-        loop.add_signal_handler(signal.SIGHUP, _Reloader(runtime, server, dialect, metrics))
-        if runtime.fd_limits is not None:
-            log_fd_limits(runtime.fd_limits, config.max_client_conn)
+        loop.add_signal_handler(signal.SIGHUP, _Reloader(launch, server, dialect, metrics))
+        if launch.fd_limits is not None:
+            log_fd_limits(launch.fd_limits, config.max_client_conn)
         for address in bound:
             log.info("listening on %s, upstream %s", address, upstream)
         if embedded is not None and config.listen.host:
@@ -260,22 +286,30 @@ async def _serve(runtime: _Runtime) -> None:
         dialect.audit.close()
 
 
-def _attach_metrics(runtime: _Runtime, server: ProxyServer, dialect: CleanConnectionDialect):  # type: ignore[no-untyped-def]
-    """The process's :class:`~proxy.metrics.Metrics`, wired to the server and the audit;
-    None without ``--metrics-listen``."""
-    config = runtime.config
+def _make_metrics(launch: _Launch, dialect: CleanConnectionDialect):  # type: ignore[no-untyped-def]
+    """This process's :class:`~proxy.metrics.Metrics` (fed by the audit trail too); None
+    without ``--metrics-listen``."""
+    config = launch.config
     if config.metrics_listen is None:
         return None
     from prometheus_client import CollectorRegistry
 
-    from .metrics import Metrics, SessionMetrics
+    from .metrics import Metrics
 
-    registry = None if runtime.multiprocess else CollectorRegistry()
-    metrics = Metrics(registry, worker=str(runtime.worker), label_limit=config.metrics_label_limit)
-    server.metrics = metrics
-    server.events = SessionMetrics(metrics)
+    registry = None if launch.multiprocess else CollectorRegistry()
+    metrics = Metrics(registry, worker=str(launch.worker), label_limit=config.metrics_label_limit)
     dialect.audit.listeners.append(metrics.clean_connection)
     return metrics
+
+
+def _session_events(metrics):  # type: ignore[no-untyped-def]
+    from .events import NO_EVENTS
+
+    if metrics is None:
+        return NO_EVENTS
+    from .metrics import SessionMetrics
+
+    return SessionMetrics(metrics)
 
 
 async def _sample_forever(metrics, server: ProxyServer) -> None:  # type: ignore[no-untyped-def]
@@ -312,21 +346,22 @@ class _Reloader:
     """SIGHUP: read the command line, environment and config file again and apply what
     can change at run time (log level and format, TLS certificate and key for new
     handshakes, timeouts, limits, CLEAN settings, audit file, keepalive, application
-    name); settings that need a restart are named in one warning and kept. An invalid
-    configuration changes nothing and is logged."""
+    name) to the sessions that start from now on; settings that need a restart are named
+    in one warning and kept. An invalid configuration changes nothing and is logged."""
 
-    def __init__(self, runtime: _Runtime, server: ProxyServer, dialect, metrics) -> None:  # type: ignore[no-untyped-def]
-        self.runtime, self.server, self.dialect, self.metrics = runtime, server, dialect, metrics
-        self.base = runtime.base or runtime.config
+    def __init__(self, launch: _Launch, server: ProxyServer, dialect, metrics) -> None:  # type: ignore[no-untyped-def]
+        self.launch, self.server, self.dialect, self.metrics = launch, server, dialect, metrics
+        self.base = launch.base or launch.config
 
     def __call__(self) -> None:
         try:
-            new = load_config(list(self.runtime.argv), dict(os.environ))
+            new = load_config(list(self.launch.argv), dict(os.environ))
             tls = client_tls_context(new)
         except ConfigError as exc:
             log.error("reload failed, settings unchanged: %s", value(str(exc)))
             return
-        current = self.server.config
+        runtime = self.server.runtime
+        current = runtime.config
         restart = self.base.needs_restart(new)
         if restart:
             log.warning(
@@ -337,11 +372,10 @@ class _Reloader:
             new, **{name: getattr(current, name) for name in RESTART_SETTINGS}
         )
         configure_logging(merged.log_level, merged.log_format, workers=merged.workers > 1)
-        self.server.reconfigure(merged, tls)
+        self.server.reconfigure(dataclasses.replace(runtime, config=merged, tls=tls))
         self.dialect.wait_seconds = merged.clean_wait_timeout
         self.dialect.check_seconds = merged.clean_check_timeout
-        if merged.audit_log != current.audit_log or merged.audit_log is not None:
-            self.dialect.audit.reopen(merged.audit_log)  # reopened: log rotation
+        self.dialect.audit.reopen(merged.audit_log)  # reopened: log rotation
         if self.metrics is not None:
             self.metrics.label_limit = merged.metrics_label_limit
         log.info(

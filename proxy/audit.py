@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import IO
 
 from .logfmt import value
+from .peers import PeerRegistry
 
 audit_log = logging.getLogger("pgdp.audit")
-
-PeerLookup = Callable[[int], "str | None"]
-"""Backend pid → the real client address (``host:port``) of a session through the proxy."""
 
 
 @dataclass(slots=True)
@@ -90,10 +88,10 @@ def decode_sessions(detail: bytes) -> list[dict[str, object]]:
 
 class AuditTrail:
     """Emits :class:`AuditRecord` s: the ``pgdp.audit`` logger, the ``--audit-log`` file,
-    and the listeners (metrics). ``peers`` maps backend pids to the real client address
-    of sessions through the proxy (None: no such registry)."""
+    and the listeners (metrics). ``peers``: the registry of sessions through the proxy
+    (backend pid → real client address), None without one."""
 
-    def __init__(self, path: Path | None = None, peers: PeerLookup | None = None) -> None:
+    def __init__(self, path: Path | None = None, peers: PeerRegistry | None = None) -> None:
         self._lock = threading.Lock()
         self._path: Path | None = None
         self._file: IO[str] | None = None
@@ -131,13 +129,19 @@ class AuditTrail:
             record.time = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + (
                 f".{int(now * 1000) % 1000:03d}Z"
             )
-        if self.peers is not None:
-            for entry in record.sessions:
-                pid = entry.get("pid")
-                if entry.get("outcome") == "terminated" and isinstance(pid, int):
-                    real = self.peers(pid)
-                    if real:
-                        entry["real_client"] = real
+        if self.peers is not None:  # sessions that logged in after the statement was sent
+            missing = [
+                e["pid"]
+                for e in record.sessions
+                if e.get("outcome") == "terminated"
+                and "real_client" not in e
+                and isinstance(e.get("pid"), int)
+            ]
+            if missing:
+                found = self.peers.lookup(missing)  # type: ignore[arg-type]
+                for entry in record.sessions:
+                    if entry.get("pid") in found:
+                        entry["real_client"] = found[entry["pid"]]  # type: ignore[index]
         fields = record.as_dict()
         audit_log.info("%s", record.text(), extra={"event": "clean_connection", "fields": fields})
         with self._lock:

@@ -22,6 +22,7 @@ grammar's (``SyntaxFix``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pglast.enums import DiscardMode
@@ -308,13 +309,14 @@ class CleanPlan:
     """The reply shaping of one rewritten CLEAN CONNECTION statement (``text``: the
     client's original statement, for the audit)."""
 
-    __slots__ = ("text",)
+    __slots__ = ("peers", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self.peers: Callable[[], dict[int, str]] | None = None  # set by the dialect
 
     def start(self) -> CleanRun:
-        return CleanRun(self.text)
+        return CleanRun(self.text, self.peers() if self.peers is not None else {})
 
 
 class CleanRun:
@@ -322,10 +324,13 @@ class CleanRun:
     program's PL/pgSQL CONTEXT lines go (a native command has none) and its final INFO
     with the counts is consumed for the audit record, never forwarded."""
 
-    __slots__ = ("counts", "sent_at", "sessions", "text")
+    __slots__ = ("counts", "peers", "sent_at", "sessions", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, peers: dict[int, str] | None = None) -> None:
         self.text = text
+        # Sessions through the proxy when the statement was sent (backend pid → real
+        # client): those it terminates are closed, and gone from the registry, by its end.
+        self.peers = peers or {}
         self.sent_at = time.monotonic()
         self.counts: dict[str, int] = {}
         self.sessions: list[dict[str, object]] = []  # terminated and skipped, as reported
@@ -416,7 +421,7 @@ class CleanConnectionDialect:
             or scan.standard_conforming_strings != state.standard_conforming_strings
         ):
             return _nothing(scan)  # the session changed its settings while the text arrived
-        return rewrite_text(
+        rewrite = rewrite_text(
             buf,
             start,
             end,
@@ -426,6 +431,11 @@ class CleanConnectionDialect:
             wait_seconds=self.wait_seconds,
             check_seconds=self.check_seconds,
         )
+        if rewrite is not None and self.audit.peers is not None:
+            for _, plan in rewrite.planned:
+                if isinstance(plan, CleanPlan):
+                    plan.peers = self.audit.peers.snapshot
+        return rewrite
 
     def outcome(self, session: Session, execution: CleanRun, error: Fields | None) -> None:
         self.audit.emit(audit_record(session, execution, error))
@@ -444,6 +454,10 @@ def audit_record(session: Session, run: CleanRun, error: Fields | None) -> Audit
         duration=round(time.monotonic() - run.sent_at, 6),
         sessions=run.sessions,
     )
+    for entry in record.sessions:
+        real = run.peers.get(entry.get("pid"))  # type: ignore[arg-type]
+        if real is not None and entry.get("outcome") == "terminated":
+            entry["real_client"] = real
     if error is None:
         record.terminated = run.counts.get("terminated", 0)
         record.skipped = run.counts.get("skipped", 0)

@@ -22,19 +22,16 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import stat
 from collections.abc import Callable
 from typing import Any
 
-from .config import Address, Config
-from .events import LIMIT, NO_EVENTS, SessionEvents
+from .config import Address
+from .events import LIMIT
 from .keepalive import set_keepalive
 from .logfmt import RateLimitedLog
 from .relay import ADMIN_SHUTDOWN, ClientProtocol
-from .session import Session
-from .streams import Dialect
-from .upstream import UpstreamTLS
+from .runtime import Runtime
 
 log = logging.getLogger("pgdp.server")
 session_log = logging.getLogger("pgdp.session")
@@ -165,28 +162,11 @@ def _address(sock: socket.socket) -> str:
 
 
 class ProxyServer:
-    """Accepts clients on ``config.listen`` and relays each one to ``upstream``.
+    """Accepts clients on ``runtime.config.listen`` and relays each one to
+    ``runtime.upstream`` (see :class:`~proxy.runtime.Runtime`)."""
 
-    ``dialect`` supplies the hooks applied to Query/Parse texts (see :mod:`proxy.streams`);
-    without one the proxy is a transparent relay. ``tls`` is the context clients' TLS is
-    accepted with (SSLRequest answered ``S``); without one SSLRequest is answered ``N``.
-    ``upstream_tls`` says how to negotiate TLS with the server (None: plain).
-    """
-
-    def __init__(
-        self,
-        config: Config,
-        upstream: Address,
-        *,
-        dialect: Dialect | None = None,
-        tls: ssl.SSLContext | None = None,
-        upstream_tls: UpstreamTLS | None = None,
-    ) -> None:
-        self.config = config
-        self._tls = tls
-        self._upstream_tls = upstream_tls
-        self.upstream = upstream
-        self._dialect = dialect
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.clients: set[ClientProtocol] = set()
         self._admitted = 0  # clients in ``clients`` not over max_client_conn
         self._refusals = RateLimitedLog(self._log_refusals, LOG_INTERVAL)
@@ -197,7 +177,6 @@ class ProxyServer:
         self._stopped = asyncio.Event()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
-        self.events: SessionEvents = NO_EVENTS  # session events, for metrics
         self.metrics: Any = None  # a proxy.metrics.Metrics, when metrics are served
 
     # --- listening -------------------------------------------------------------------
@@ -205,10 +184,11 @@ class ProxyServer:
     async def start(self) -> list[str]:
         """Bind the listen address and start accepting; return the bound addresses as
         ``host:port`` strings (or socket paths)."""
-        listen = self.config.listen
+        listen = self.runtime.config.listen
         try:
+            config = self.runtime.config
             sockets = await bind_listeners(
-                listen, reuse_port=self.config.workers > 1 or self.config.reuse_port
+                listen, reuse_port=config.workers > 1 or config.reuse_port
             )
         except OSError as exc:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
@@ -222,7 +202,7 @@ class ProxyServer:
 
     def _adopt(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        set_keepalive(conn, self.config)
+        set_keepalive(conn, self.runtime.config)
         if self.metrics is not None:
             self.metrics.accepted()
         task = asyncio.get_running_loop().create_task(self._connect_accepted(conn))
@@ -252,39 +232,25 @@ class ProxyServer:
         )
 
     def _new_client(self) -> ClientProtocol:
-        over_limit = self._admitted >= self.config.max_client_conn
+        over_limit = self._admitted >= self.runtime.config.max_client_conn
         client = ClientProtocol(
-            self.config,
-            self.upstream,
-            self._new_session,
-            self._client_closed,
-            self._tls,
-            self._upstream_tls,
-            on_refused=self._refused if over_limit else None,
+            self.runtime, self._client_closed, self._refused if over_limit else None
         )
-        client.events = self.events
         if not over_limit:
             self._admitted += 1
         self.clients.add(client)
         self._all_closed.clear()
         return client
 
-    def _new_session(self, client_address: str) -> Session:
-        return Session(
-            client_address=client_address,
-            max_message_size=self.config.max_message_size,
-            dialect=self._dialect,
-        )
-
     def _refused(self) -> None:
-        self.events.refused(LIMIT)
+        self.runtime.events.refused(LIMIT)
         self._refusals()
 
     def _log_refusals(self, count: int) -> None:
         log.warning(
             "too many clients already (max-client-conn %d): %d connection(s) refused "
             "since the last report",
-            self.config.max_client_conn,
+            self.runtime.config.max_client_conn,
             count,
         )
 
@@ -313,11 +279,10 @@ class ProxyServer:
         if not self.clients:
             self._all_closed.set()
 
-    def reconfigure(self, config: Config, tls: ssl.SSLContext | None) -> None:
-        """Settings for the clients accepted from now on (SIGHUP): open sessions keep the
-        configuration and TLS context they started with."""
-        self.config = config
-        self._tls = tls
+    def reconfigure(self, runtime: Runtime) -> None:
+        """The record for the clients accepted from now on (SIGHUP): open sessions keep
+        the one they started with (configuration, TLS context)."""
+        self.runtime = runtime
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -343,10 +308,12 @@ class ProxyServer:
         await self._stopped.wait()
         if self.clients:
             log.info(
-                "waiting up to %gs for %d sessions", self.config.shutdown_timeout, len(self.clients)
+                "waiting up to %gs for %d sessions",
+                self.runtime.config.shutdown_timeout,
+                len(self.clients),
             )
             try:
-                async with asyncio.timeout(self.config.shutdown_timeout):
+                async with asyncio.timeout(self.runtime.config.shutdown_timeout):
                     await self._all_closed.wait()
             except TimeoutError:
                 await self._end_sessions()

@@ -38,14 +38,12 @@ def reserve_port(host: str, port: int) -> socket.socket:
 def supervise(
     count: int,
     work: Callable[[int], None],
-    *,
     on_exit: Callable[[int], None] | None = None,
     on_reload: Callable[[], None] | None = None,
 ) -> int:
-    """Run ``work(index)`` in ``count`` forked processes until a signal stops them all.
-
-    SIGHUP is forwarded to every worker (each reloads its settings) after ``on_reload()``
-    ran here; ``on_exit(pid)`` is called for every worker that exited (its metrics)."""
+    """Run ``work(index)`` in ``count`` forked processes until a signal stops them all;
+    ``on_exit(pid)`` is called for each worker process that exited. SIGHUP is forwarded
+    to every worker (each reloads its settings) after ``on_reload()`` ran here."""
     children: dict[int, int] = {}
     stopping = False
 
