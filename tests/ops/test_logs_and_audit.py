@@ -4,8 +4,10 @@ end: real clients, a real CLEAN, the log file read line by line."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 import psycopg
@@ -55,13 +57,14 @@ def test_audit_record_names_every_victim(
     proxy = start_proxy("--log-format", "json", "--audit-log", str(audit_file))
     db = make_db()
     owner = make_role("audit_owner", "createdb")
-    make_role("audit_super", "superuser")
     with pg.connect() as admin:
         admin.execute(f"alter database {db} owner to audit_owner")
-    victims.open("proxied", proxy.dsn(db))
-    victims.open("direct", pg.dsn(db))
-    victims.open("busy", pg.dsn(db), state="active")
-    victims.open("superuser", pg.dsn(db, user="audit_super", password="pw"))
+    proxied_victim = victims.open("proxied", proxy.dsn(db, user=owner, password="pw"))
+    with socket.socket(fileno=os.dup(proxied_victim.conn.pgconn.socket)) as sock:
+        host, port = sock.getsockname()[:2]  # the victim's end: what the proxy saw
+    victims.open("direct", pg.dsn(db, user=owner, password="pw"))
+    victims.open("busy", pg.dsn(db, user=owner, password="pw"), state="active")
+    victims.open("superuser", pg.dsn(db))  # the owner may not signal it: skipped
     pids = {name: victim.pid for name, victim in victims.all.items()}
     with psycopg.connect(
         proxy.dsn(user=owner, password="pw"), autocommit=True, application_name="cleaner"
@@ -84,14 +87,19 @@ def test_audit_record_names_every_victim(
         entry = by_pid[pids[name]]
         assert entry["outcome"] == "terminated"
         assert entry["database"] == db
-        assert entry["role"] == pg.user
+        assert entry["role"] == owner
         assert entry["application_name"].startswith(f"victim-{name}-")
         assert entry["client_addr"] == "127.0.0.1" and entry["client_port"] > 0
         assert entry["backend_start"]
     assert by_pid[pids["busy"]]["state"] == "active"
     assert by_pid[pids["direct"]]["state"] == "idle"
     skipped = by_pid[pids["superuser"]]
-    assert skipped["outcome"] == "skipped" and skipped["role"] == "audit_super"
+    assert skipped["outcome"] == "skipped" and skipped["role"] == pg.user
+    # The session that came through the proxy: the real client the proxy saw.
+    proxied = by_pid[pids["proxied"]]
+    assert proxied["real_client"] == f"{host}:{port}"
+    assert proxied["client_addr"] == "127.0.0.1"  # pg_stat_activity: the proxy's address
+    assert "real_client" not in by_pid[pids["direct"]]
 
     # The same record in the log: JSON fields, and a failing CLEAN is audited too.
     with proxy.connect() as conn, pytest.raises(psycopg.errors.InvalidCatalogName):
