@@ -371,6 +371,13 @@ class _Reloader:
         merged = dataclasses.replace(
             new, **{name: getattr(current, name) for name in RESTART_SETTINGS}
         )
+        # Said in the old format and level: the last line before they change.
+        log.info(
+            "configuration reloaded: log-level %s, log-format %s, tls %s",
+            merged.log_level,
+            merged.log_format,
+            "on" if tls is not None else "off",
+        )
         configure_logging(merged.log_level, merged.log_format, workers=merged.workers > 1)
         self.server.reconfigure(dataclasses.replace(runtime, config=merged, tls=tls))
         self.dialect.wait_seconds = merged.clean_wait_timeout
@@ -378,9 +385,3 @@ class _Reloader:
         self.dialect.audit.reopen(merged.audit_log)  # reopened: log rotation
         if self.metrics is not None:
             self.metrics.label_limit = merged.metrics_label_limit
-        log.info(
-            "configuration reloaded: log-level %s, log-format %s, tls %s",
-            merged.log_level,
-            merged.log_format,
-            "on" if tls is not None else "off",
-        )
