@@ -24,7 +24,8 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/pro
 USER proxy
 WORKDIR /home/proxy
 
-EXPOSE 6432
-# Exec form: python is PID 1 and gets SIGTERM (graceful drain) / SIGINT directly.
+# 6432: clients; 9930: Prometheus /metrics and /healthz.
+EXPOSE 6432 9930
+# Exec form: python is PID 1 and gets SIGTERM (graceful drain), SIGINT and SIGHUP (reload).
 ENTRYPOINT ["python", "-m", "proxy"]
-CMD ["--listen", "0.0.0.0:6432"]
+CMD ["--listen", "0.0.0.0:6432", "--metrics-listen", "0.0.0.0:9930"]
