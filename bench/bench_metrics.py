@@ -3,13 +3,14 @@ off and on, interleaved, printed as a table.
 
 Run: ``.venv/bin/python bench/bench_metrics.py [--duration 10] [--rounds 5] [--clients 8]``
 
-Two proxies of this checkout relay to one embedded PostgreSQL (or ``--upstream``): one
-without metrics, one with ``--metrics-listen`` whose endpoint is scraped every second
-during its runs (far more often than Prometheus would), so the sampling and the scrapes
-are in the measurement. Each round runs every workload against both, the order
-alternating between rounds; a proxy's CPU time (user + system, from /proc) is divided by
-the transactions pgbench processed. The table gives medians over the rounds and the
-difference in percent.
+Three proxies of this checkout relay to one embedded PostgreSQL (or ``--upstream``): two
+without metrics (``off`` and ``off2``, an A/A control: how far two identical proxies
+differ on this machine), one with ``--metrics-listen`` whose endpoint is scraped every
+second during its runs (far more often than Prometheus would), so the sampling and the
+scrapes are in the measurement. Each round runs every workload against each, the order
+rotating between rounds; a proxy's CPU time (user + system, all its threads, from /proc)
+is divided by the transactions pgbench processed. The table gives medians over the rounds
+and the differences in percent.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def main() -> None:
         print(f"pgbench -i -s {args.scale} ...", file=sys.stderr)
         pgbench(program, direct, args, ["-i", "-q", "-s", str(args.scale)])
         off = stack.enter_context(proxy_from(ROOT, direct, scratch)).target
+        off2 = stack.enter_context(proxy_from(ROOT, direct, scratch)).target
         metrics_port = free_port()
         on = stack.enter_context(
             proxy_from(
@@ -132,11 +134,12 @@ def main() -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        targets = {"off": off, "on": on}
+        targets = {"off": off, "on": on, "off2": off2}
         for target in targets.values():  # warm-up
             run_once(program, target, WORKLOADS["select-only prepared"], _short(args), None)
         for rnd in range(args.rounds):
-            order = ["off", "on"] if rnd % 2 == 0 else ["on", "off"]
+            names = list(targets)
+            order = names[rnd % 3 :] + names[: rnd % 3]
             for workload, flags in WORKLOADS.items():
                 for name in order:
                     sample = run_once(
@@ -144,7 +147,7 @@ def main() -> None:
                     )
                     results.setdefault((workload, name), []).append(sample)
                     print(
-                        f"round {rnd + 1} {workload:22} metrics {name:3}: "
+                        f"round {rnd + 1} {workload:22} metrics {name:4}: "
                         f"{sample[0]:8.0f} tps {sample[1]:7.1f} µs/tx",
                         file=sys.stderr,
                     )
@@ -160,19 +163,21 @@ def report(results: dict[tuple[str, str], list[tuple[float, float]]], args) -> N
         f"\npgbench -c {args.clients} -j {args.jobs} -T {args.duration}, {args.rounds} "
         "interleaved rounds, medians; proxy CPU (user+system) per transaction\n"
     )
-    print("| workload | tps off | tps on | µs/tx off | µs/tx on | CPU/tx change |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| workload | tps off | tps on | µs/tx off | µs/tx off2 | µs/tx on "
+        "| on vs off | off2 vs off (A/A) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for workload in WORKLOADS:
-        off = results[(workload, "off")]
-        on = results[(workload, "on")]
-        tps_off = statistics.median(s[0] for s in off)
-        tps_on = statistics.median(s[0] for s in on)
-        cpu_off = statistics.median(s[1] for s in off)
-        cpu_on = statistics.median(s[1] for s in on)
-        change = 100 * (cpu_on - cpu_off) / cpu_off
+
+        def med(name: str, index: int, workload: str = workload) -> float:
+            return statistics.median(s[index] for s in results[(workload, name)])
+
+        cpu_off, cpu_off2, cpu_on = med("off", 1), med("off2", 1), med("on", 1)
         print(
-            f"| {workload} | {tps_off:.0f} | {tps_on:.0f} | {cpu_off:.1f} | {cpu_on:.1f} "
-            f"| {change:+.1f} % |"
+            f"| {workload} | {med('off', 0):.0f} | {med('on', 0):.0f} | {cpu_off:.1f} "
+            f"| {cpu_off2:.1f} | {cpu_on:.1f} | {100 * (cpu_on - cpu_off) / cpu_off:+.1f} % "
+            f"| {100 * (cpu_off2 - cpu_off) / cpu_off:+.1f} % |"
         )
 
 
