@@ -215,7 +215,7 @@ BEGIN
   RAISE INFO USING MESSAGE = pg_catalog.format(
     '{marker}terminated=%s skipped=%s remaining=%s', v_terminated, v_skipped, v_remaining),
     DETAIL = pg_catalog.encode(pg_catalog.convert_to(
-      pg_catalog.array_to_json(v_report)::pg_catalog.text, 'UTF8'), 'base64');
+      pg_catalog.format('%s', pg_catalog.array_to_json(v_report)), 'UTF8'), 'base64');
 END
 {tag}"""
 

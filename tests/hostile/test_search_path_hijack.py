@@ -145,6 +145,19 @@ FUNCTIONS = [
     _twin("pg_backend_pid", returns="int4"),
     _twin("pg_stat_clear_snapshot", returns="void"),
     _twin("array_append", "int4[]", "int4", returns="int4[]"),
+    # The audit report: one JSON object per session, sent base64-encoded in the DETAIL.
+    _twin("array_append", "json[]", "json", returns="json[]"),
+    _twin("array_to_json", "json[]", returns="json"),
+    _twin("format", "text", "json", returns="text"),
+    _twin("convert_to", "text", "name", returns="bytea"),
+    _twin("convert_to", "text", "text", returns="bytea"),
+    _twin("encode", "bytea", "text", returns="text"),
+    _twin(
+        "json_build_object",
+        *("text", "text", "text", "int4", "text", "name", "text", "name", "text", "text"),
+        *("text", "inet", "text", "int4", "text", "timestamptz", "text", "text"),
+        returns="json",
+    ),
     _twin("pg_client_encoding", returns="name"),
     _twin("current_user", returns="name"),
     Twin(
