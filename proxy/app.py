@@ -151,7 +151,11 @@ async def _serve(runtime: _Runtime) -> None:
     server = ProxyServer(
         config,
         upstream,
-        dialect=CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout),
+        dialect=CleanConnectionDialect(
+            config.clean_wait_timeout,
+            config.clean_check_timeout,
+            without_force=config.clean_without_force,
+        ),
         tls=runtime.tls,
         upstream_tls=runtime.upstream_tls,
     )

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 from pglast.enums import DiscardMode
 from pglast.parser import ParseError, parse_sql
@@ -44,9 +45,12 @@ from .clean_program import (
     AUDIT_MARKER,
     DEFAULT_CHECK_SECONDS,
     DEFAULT_WAIT_SECONDS,
+    WITHOUT_FORCE_MODES,
+    explain_error,
+    render_explain,
     render_program,
 )
-from .streams import Fields, Rewrite, SessionState, SyntaxFix
+from .streams import Fields, ReplyShaping, Rewrite, SessionState, StatementPlan, SyntaxFix
 
 if TYPE_CHECKING:
     from .session import Session
@@ -140,6 +144,8 @@ def rewrite_text(
     settled: bool,
     wait_seconds: float,
     check_seconds: float,
+    without_force: str = "idle",
+    peers: Callable[[], Mapping[int, str]] | None = None,
 ) -> Rewrite | None:
     """The :class:`Rewrite` of the text ``buf[start:end]`` whose scan is finished, or None.
 
@@ -148,7 +154,11 @@ def rewrite_text(
     could be read differently by the time the server reads them (``settled`` false and
     non-ASCII bytes or backslashes in it), nothing is rewritten and the server rejects
     any CLEAN statement as a syntax error. ``wait_seconds`` bounds the wait for terminated
-    sessions to exit; ``check_seconds`` how long CHECK waits for other sessions to leave.
+    sessions to exit; ``check_seconds`` how long CHECK waits for other sessions to leave;
+    ``without_force`` what a statement without FORCE terminates (``idle`` or ``none``).
+    ``EXPLAIN CLEAN CONNECTION ...`` statements become the query of
+    :func:`~proxy.clean_program.render_explain`, with the client addresses ``peers()``
+    gives at this moment.
     """
     if scan.uncertain:
         return Rewrite(None, redefines=(None,)) if scan.tracking else None
@@ -158,7 +168,7 @@ def rewrite_text(
     if not settled and (not text.is_ascii(start, end) or buf.find(b"\\", start, end) >= 0):
         return _nothing(scan)
     redefines = _redefined_names(text, scan.leads)
-    cleans = [lead for lead in scan.leads if lead.word == b"clean"]
+    cleans = [lead for lead in scan.leads if lead.word == b"clean" or _may_explain(lead)]
     if not cleans:
         return Rewrite(None, redefines=redefines)
     if any(lead.too_long or lead.after_routine or lead.index < 0 for lead in cleans):
@@ -167,7 +177,10 @@ def rewrite_text(
         positions = _char_positions(text, cleans)
         total = positions[-1]
         parsed = [
-            _parse_lead(text, lead, at, total) for lead, at in zip(cleans, positions, strict=False)
+            _parse_lead(text, lead, at, total)
+            if lead.word == b"clean"
+            else _parse_explain_lead(text, lead, at, total)
+            for lead, at in zip(cleans, positions, strict=False)
         ]
     except (UnicodeError, LookupError, GrammarError):
         return Rewrite(None, redefines=redefines)
@@ -183,12 +196,13 @@ def rewrite_text(
             position=str(errors[0].position).encode(),
         )
         return Rewrite(None, syntax_fix=fix, redefines=redefines)
-    return _rewrite_valid(text, scan, statements, wait_seconds, check_seconds, redefines)
+    options = _Options(wait_seconds, check_seconds, without_force, peers)
+    return _rewrite_valid(text, scan, statements, options, redefines)
 
 
 def _nothing(scan: OutlineScanner) -> Rewrite | None:
     """No rewrite, but a text that may redefine tracked statements forgets them all."""
-    if any(lead.word != b"clean" for lead in scan.leads):
+    if any(lead.word not in CLEAN_WORDS for lead in scan.leads):
         return Rewrite(None, redefines=(None,))
     return None
 
@@ -196,13 +210,57 @@ def _nothing(scan: OutlineScanner) -> Rewrite | None:
 class _Parsed:
     """A CLEAN CONNECTION statement of a text: where it is and what it says."""
 
-    __slots__ = ("body_end", "body_start", "char_start", "clean", "error", "index")
+    __slots__ = (
+        "body_end",
+        "body_start",
+        "char_start",
+        "clean",
+        "error",
+        "explain",
+        "index",
+        "lead_char_start",
+    )
 
     def __init__(self, lead: Lead, body_end: int, char_start: int) -> None:
         self.body_start, self.body_end, self.char_start = lead.start, body_end, char_start
         self.index = lead.index
         self.clean: CleanConnection | None = None
         self.error: GrammarError | None = None
+        # EXPLAIN CLEAN CONNECTION: body_start and lead_char_start are those of EXPLAIN,
+        # char_start that of CLEAN (where the server reports a syntax error).
+        self.explain = False
+        self.lead_char_start = char_start
+
+
+def _may_explain(lead: Lead) -> bool:
+    """An EXPLAIN statement worth decoding: it may be EXPLAIN CLEAN CONNECTION. One that
+    cannot be judged exactly (too long, after a routine body) is left alone: the server
+    rejects an EXPLAIN CLEAN there as a syntax error, and any other EXPLAIN is its own."""
+    return lead.word == b"explain" and not (lead.too_long or lead.after_routine)
+
+
+def _parse_explain_lead(text: _Text, lead: Lead, char_start: int, total: int) -> _Parsed | None:
+    """Parse ``EXPLAIN CLEAN ...`` as its CLEAN statement (positions counted from CLEAN);
+    None for any other EXPLAIN, which is forwarded unchanged."""
+    stop = _statement_bytes(text, lead)
+    source = text.decode(lead.start, stop)
+    tokens = [t for t in scan_raw(source) if t.name not in COMMENT_NAMES]
+    if len(tokens) < 2 or source[tokens[1].start : tokens[1].end + 1].lower() != "clean":
+        return None
+    at = tokens[1].start
+    clean_lead = Lead(
+        b"clean",
+        lead.start + len(source[:at].encode(text.codec or "ascii")),
+        lead.index,
+        lead.end,
+        lead.after_routine,
+    )
+    parsed = _parse_lead(text, clean_lead, char_start + at, total)
+    if parsed is not None:
+        parsed.explain = True
+        parsed.body_start = lead.start
+        parsed.lead_char_start = char_start
+    return parsed
 
 
 def _statement_bytes(text: _Text, lead: Lead) -> int:
@@ -248,7 +306,7 @@ def _redefined_names(text: _Text, leads: list[Lead]) -> tuple[bytes | None, ...]
     """Prepared-statement names the text deallocates or redefines by SQL (None: all)."""
     names: list[bytes | None] = []
     for lead in leads:
-        if lead.word == b"clean":
+        if lead.word in CLEAN_WORDS:
             continue
         if lead.too_long or lead.after_routine:
             return (None,)
@@ -268,34 +326,59 @@ def _redefined_names(text: _Text, leads: list[Lead]) -> tuple[bytes | None, ...]
     return tuple(names)
 
 
+class _Options(NamedTuple):
+    """How valid statements are rewritten (see :func:`rewrite_text`)."""
+
+    wait_seconds: float
+    check_seconds: float
+    without_force: str
+    peers: Callable[[], Mapping[int, str]] | None
+
+
 def _rewrite_valid(
     text: _Text,
     scan: OutlineScanner,
     statements: list[_Parsed],
-    wait_seconds: float,
-    check_seconds: float,
+    options: _Options,
     redefines: tuple[bytes | None, ...],
 ) -> Rewrite:
     view = memoryview(text.buf)
     parts: list[bytes | memoryview] = []
-    planned: list[tuple[int, CleanPlan]] = []
+    planned: list[tuple[int, StatementPlan]] = []
     spans: list[tuple[int, int, int]] = []
     cursor = text.start
+    peers: Mapping[int, str] | None = None
     for statement in statements:
         assert statement.clean is not None
         original = text.decode(statement.body_start, statement.body_end)
-        program = render_program(
-            statement.clean,
-            codec=text.codec or "ascii",
-            encoding=text.encoding,
-            wait_seconds=wait_seconds,
-            check_seconds=check_seconds,
-        ).encode("ascii")
+        plan: StatementPlan
+        if statement.explain:
+            if peers is None:
+                peers = options.peers() if options.peers is not None else {}
+            sql = render_explain(
+                statement.clean,
+                codec=text.codec or "ascii",
+                encoding=text.encoding,
+                without_force=options.without_force,
+                peers=peers,
+            )
+            plan = EXPLAIN_PLAN
+        else:
+            sql = render_program(
+                statement.clean,
+                codec=text.codec or "ascii",
+                encoding=text.encoding,
+                wait_seconds=options.wait_seconds,
+                check_seconds=options.check_seconds,
+                without_force=options.without_force,
+            )
+            plan = CleanPlan(original)
+        program = sql.encode("ascii")
         parts.append(view[cursor : statement.body_start])
         parts.append(program)
-        spans.append((statement.char_start, len(original), len(program)))
+        spans.append((statement.lead_char_start, len(original), len(program)))
         cursor = statement.body_end
-        planned.append((statement.index, CleanPlan(original)))
+        planned.append((statement.index, plan))
     parts.append(view[cursor : text.end])
     return Rewrite(b"".join(parts), planned=tuple(planned), spans=tuple(spans), redefines=redefines)
 
@@ -358,6 +441,50 @@ def _parse_counts(text: bytes) -> dict[str, int]:
     return counts
 
 
+EXPLAIN_TAG = b"EXPLAIN"
+_FIELD_SEVERITY = ord("S")
+_FIELD_SEVERITY_RAW = ord("V")
+_FIELD_CODE = ord("C")
+_INVALID_TEXT = b"22P02"
+
+
+class ExplainPlan:
+    """The reply shaping of a rewritten EXPLAIN CLEAN CONNECTION (stateless: one instance
+    serves every execution): the tag becomes ``EXPLAIN``, as PostgreSQL's EXPLAIN sends,
+    and the query's planned failure (a 22P02 carrying
+    :data:`~proxy.clean_program.EXPLAIN_ERROR_PREFIX`) becomes the error the statement
+    itself would raise. Rows, notices and every other error pass unchanged."""
+
+    __slots__ = ()
+
+    def start(self) -> ExplainPlan:
+        return self
+
+    def completed(self, tag: bytes) -> bytes:
+        return EXPLAIN_TAG
+
+    def notice(self, fields: Fields) -> Fields | None:
+        return fields
+
+    def failed(self, fields: Fields) -> Fields:
+        found = dict(fields)
+        if found.get(_FIELD_CODE) != _INVALID_TEXT:
+            return fields
+        planned = explain_error(found.get(_FIELD_MESSAGE, b""))
+        if planned is None:
+            return fields
+        sqlstate, text = planned
+        kept = [
+            (code, value)
+            for code, value in fields
+            if code in (_FIELD_SEVERITY, _FIELD_SEVERITY_RAW)
+        ]
+        return [*kept, (_FIELD_CODE, sqlstate), (_FIELD_MESSAGE, text)]
+
+
+EXPLAIN_PLAN = ExplainPlan()
+
+
 class CleanConnectionDialect:
     """The openGauss CLEAN CONNECTION statement, for :class:`proxy.server.ProxyServer`.
 
@@ -369,9 +496,16 @@ class CleanConnectionDialect:
         self,
         wait_seconds: float = DEFAULT_WAIT_SECONDS,
         check_seconds: float = DEFAULT_CHECK_SECONDS,
+        *,
+        without_force: str = "idle",
+        peers: Callable[[], Mapping[int, str]] | None = None,
     ) -> None:
+        if without_force not in WITHOUT_FORCE_MODES:
+            raise ValueError(f"without_force must be one of {WITHOUT_FORCE_MODES}")
         self.wait_seconds = wait_seconds
         self.check_seconds = check_seconds
+        self.without_force = without_force
+        self.peers = peers
 
     might_rewrite = staticmethod(might_contain_clean)
 
@@ -421,10 +555,13 @@ class CleanConnectionDialect:
             settled=settled,
             wait_seconds=self.wait_seconds,
             check_seconds=self.check_seconds,
+            without_force=self.without_force,
+            peers=self.peers,
         )
 
-    def outcome(self, session: Session, execution: CleanRun, error: Fields | None) -> None:
-        _audit(session, execution, error)
+    def outcome(self, session: Session, execution: ReplyShaping, error: Fields | None) -> None:
+        if isinstance(execution, CleanRun):
+            _audit(session, execution, error)
 
 
 def _audit(session: Session, shaped: CleanRun, error: Fields | None) -> None:
