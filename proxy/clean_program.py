@@ -189,8 +189,7 @@ BEGIN
       OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => v_check_seconds);
     LOOP
       PERFORM pg_catalog.pg_stat_clear_snapshot();
-      v_sessions := ({check_sessions});
-      v_prepared := ({check_prepared});
+      SELECT ({check_sessions}), ({check_prepared}) INTO v_sessions, v_prepared;
       EXIT WHEN (v_sessions OPERATOR(pg_catalog.=) 0 AND v_prepared OPERATOR(pg_catalog.=) 0)
              OR pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_deadline;
       PERFORM pg_catalog.pg_sleep(0.05);
@@ -284,8 +283,9 @@ EXPLAIN_ERROR_SUFFIX = b":pgdp"
 # the planner cannot fold it). Then one row per session the statement would consider, and
 # with CHECK a last row saying whether CHECK would pass now (no waiting).
 _EXPLAIN = """WITH g AS MATERIALIZED (
-  SELECT v.*, CASE WHEN v.errcode IS NOT NULL THEN pg_catalog.int4in(pg_catalog.textout(
-      pg_catalog.concat('{prefix}', v.errcode, ':', v.message, '{suffix}'))) END AS raised
+  SELECT v.*, CASE WHEN v.errcode IS NOT NULL THEN CAST(
+      pg_catalog.concat('{prefix}', v.errcode, ':', v.message, '{suffix}') AS pg_catalog.int4)
+    END AS raised
     FROM ({validation}) v
 ), peer (pid, addr) AS ({peers})
 SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
