@@ -111,6 +111,7 @@ def test_rows_say_who_would_go_and_nothing_goes(
 
 def test_no_privilege_follows_postgresql_signalling_rule(
     pg: PgServer,
+    admin: psycopg.Connection,
     eproxy: ProxyProcess,
     victims: Victims,
     make_db: Callable[..., str],
@@ -119,7 +120,7 @@ def test_no_privilege_follows_postgresql_signalling_rule(
     owner = make_role("ex_owner")
     stranger = make_role("ex_stranger")
     signaller = make_role("ex_signaller")
-    pg.query(f"grant pg_signal_backend to {signaller}")
+    admin.execute(f"grant pg_signal_backend to {signaller}")
     db = make_db(owner=owner)
     mine = victims.open("mine", pg.dsn(db, user=owner, password="pw"))
     theirs = victims.open("theirs", pg.dsn(db, user=stranger, password="pw"))
@@ -130,9 +131,9 @@ def test_no_privilege_follows_postgresql_signalling_rule(
         theirs.pid: ("skip", "no privilege"),
         superuser.pid: ("skip", "no privilege"),
     }
-    pg.query(f"grant connect on database {db} to {signaller}")
+    admin.execute(f"grant connect on database {db} to {signaller}")
     with psycopg.connect(eproxy.dsn(db, user=signaller, password="pw")) as conn:
-        pg.query(f"alter database {db} owner to {signaller}")
+        admin.execute(f"alter database {db} owner to {signaller}")
         rows = conn.execute("EXPLAIN " + statement).fetchall()
         assert fates(rows) == {
             mine.pid: ("terminate", None),  # pg_signal_backend: any non-superuser session
