@@ -43,13 +43,13 @@ from .wire import (
     cstring_at,
     message,
     parse_fields,
+    query_header,
 )
 
 PG_MAX_AUTH_TOKEN_LENGTH = 65535
 """The largest message PostgreSQL accepts while authenticating (password, SASL, GSS)."""
 
 _unpack_int32 = struct.Struct("!I").unpack_from
-_pack_int32 = struct.Struct("!I").pack
 
 # Frontend message types (client → server) that need more than a header; the hot loop in
 # FrontendStream.feed spells the others (Sync, FunctionCall, CopyDone/Fail) as literals.
@@ -67,19 +67,21 @@ _ERROR = 0x45  # E
 _NOTICE = 0x4E  # N
 _PARAMETER_STATUS = 0x53  # S
 _AUTHENTICATION = 0x52  # R
+_BACKEND_KEY_DATA = 0x4B  # K
 _AUTH_SASL = 10
 _SCRAM_PLUS = b"SCRAM-SHA-256-PLUS"
 
 
 # Per-type class of backend messages, looked up by type byte: one index, one truth test for
 # the common DataRow. 1 = completion, 2 = ReadyForQuery, 3 = ParameterStatus,
-# 4 = Authentication (only ever seen during startup).
+# 4 = Authentication, 5 = BackendKeyData (both only ever seen during startup).
 _BACKEND_KIND = bytearray(256)
 for _t in (_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED):
     _BACKEND_KIND[_t] = 1
 _BACKEND_KIND[_READY_FOR_QUERY] = 2
 _BACKEND_KIND[_PARAMETER_STATUS] = 3
 _BACKEND_KIND[_AUTHENTICATION] = 4
+_BACKEND_KIND[_BACKEND_KEY_DATA] = 5
 _BACKEND_KIND = bytes(_BACKEND_KIND)
 
 _FIELD_CODE = ord("C")
@@ -184,6 +186,7 @@ class SessionState:
         "answering_group",
         "auth_request",
         "authenticated",
+        "backend_pid",
         "client_encoding",
         "groups_sent",
         "queue",
@@ -196,6 +199,7 @@ class SessionState:
         self.authenticated = False  # the server's AuthenticationOk has passed
         self.ready = False  # its first ReadyForQuery has passed: the session is logged in
         self.auth_request = 0  # the last authentication request code the server sent
+        self.backend_pid = 0  # from BackendKeyData: the server process serving the session
         self.client_encoding = "UTF8"
         self.standard_conforming_strings = True
         # Response groups (see the module docstring): opened by the client, closed by the
@@ -582,7 +586,7 @@ class FrontendStream:
         if rewrite.sql is None or not rewrite.planned:
             return None  # only a SyntaxFix: the text goes unchanged
         # Written as pieces (writelines): a rewritten 100 MB query is not copied again.
-        return [b"Q" + _pack_int32(len(rewrite.sql) + 5), rewrite.sql, b"\0"]
+        return [query_header(len(rewrite.sql)), rewrite.sql, b"\0"]
 
     def _inspect_parse(self, data: bytes, pos: int, end: int) -> list[bytes] | None:
         """A Parse whose pre-test fired: rewrite it and remember the statement's name."""
@@ -727,8 +731,12 @@ class BackendStream:
         self._carry_need = 1 + _unpack_int32(data, pos + 1)[0] if n - pos >= 5 else 5
 
     def _session_message(self, kind: int, data: bytes, start: int, end: int) -> None:
-        """A whole ParameterStatus (kind 3) or Authentication message (kind 4)."""
+        """A whole ParameterStatus (kind 3), Authentication (4) or BackendKeyData (5)."""
         state = self._state
+        if kind == 5:
+            if end - start >= 4:
+                state.backend_pid = _unpack_int32(data, start)[0]
+            return
         if kind == 4:
             if end - start >= 4:
                 state.auth_request = _unpack_int32(data, start)[0]

@@ -22,7 +22,8 @@ from proxy.streams import (
     SessionState,
     SyntaxFix,
 )
-from proxy.wire import ProtocolViolation, build_fields, command_complete, message
+from proxy.wire import ProtocolViolation, build_fields, command_complete, message, query
+from proxy.wire import ready_for_query as ready
 
 MAX = 1 << 20
 
@@ -67,10 +68,6 @@ class HookDialect:
 # --- message builders ----------------------------------------------------------------
 
 
-def query(sql: bytes) -> bytes:
-    return message(b"Q", sql + b"\0")
-
-
 def parse(name: bytes, sql: bytes, oids: tuple[int, ...] = ()) -> bytes:
     params = struct.pack(f"!H{len(oids)}I", len(oids), *oids)
     return message(b"P", name + b"\0" + sql + b"\0" + params)
@@ -104,10 +101,6 @@ def copy_data(data: bytes) -> bytes:
 
 def function_call() -> bytes:
     return message(b"F", struct.pack("!IHHIH", 1598, 0, 1, 0, 0))
-
-
-def ready(status: bytes = b"I") -> bytes:
-    return message(b"Z", status)
 
 
 def row_description() -> bytes:
@@ -288,6 +281,15 @@ def test_backend_pass_through(mode: str) -> None:
     stream = BackendStream(ReplyPlans())
     assert feed(stream, split_modes(BACKEND_TRAFFIC)[mode]) == BACKEND_TRAFFIC
     assert stream.at_message_boundary()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_backend_records_the_backend_pid(mode: str) -> None:
+    """BackendKeyData names the server process: the peer registry's key."""
+    state = SessionState()
+    stream = BackendStream(state)
+    assert feed(stream, split_modes(STARTUP_REPLY)[mode]) == STARTUP_REPLY
+    assert state.backend_pid == 1 and state.ready
 
 
 @pytest.mark.parametrize("seed", range(30))
