@@ -4,8 +4,8 @@
 to rewrite. It does not tokenize the text; it finds what decides where a statement can
 start — quoted strings, quoted identifiers, dollar quotes and comments, with PostgreSQL's
 lexical rules (``scan.l``) — and reports the statements whose first word is one of a few
-*lead words* (``clean``; ``deallocate``, ``prepare``, ``discard`` on request), with their
-byte extents. Only those statements are ever decoded and given to pglast's scanner.
+*lead words* (``clean``, ``explain``; ``deallocate``, ``prepare``, ``discard`` on request),
+with their byte extents. Only those statements are ever decoded and given to pglast's scanner.
 
 Contract:
 

@@ -3,12 +3,14 @@
 The frontend stream scans each Query/Parse text of a logged-in session with a
 :class:`~grammar.outline.OutlineScanner` (:meth:`CleanConnectionDialect.scanner`), then
 asks :func:`rewrite_text` for the rewrite. Only the statements the scan found starting
-with ``clean`` are decoded (strictly, in the session's client encoding) and parsed; every
-valid one is replaced, in place, by the ``DO`` block of :mod:`proxy.clean_program`, which
+with ``clean`` (or ``explain``) are decoded (strictly, in the session's client encoding) and
+parsed; every valid one is replaced, in place, by the ``DO`` block of
+:mod:`proxy.clean_program` (``EXPLAIN CLEAN CONNECTION``: by its ``SELECT``), which
 the server runs in the caller's own session with the caller's privileges (semantics in
 README.md, "CLEAN CONNECTION"). The proxy then shapes that statement's replies
 (:mod:`proxy.streams`): tag ``CLEAN CONNECTION``, no PL/pgSQL CONTEXT, and the final
-``INFO`` line with the counts is consumed for the audit record, never forwarded.
+``INFO`` line with the counts is consumed for the audit record, never forwarded
+(:class:`CleanPlan`); tag ``EXPLAIN`` and the statement's own errors (:class:`ExplainPlan`).
 
 Certain or nothing: whatever the scan or the decoding cannot judge exactly is forwarded
 unchanged, and the server rejects the unknown statement as a syntax error.

@@ -60,7 +60,11 @@ def explain(proxy: ProxyProcess, statement: str, **connect: object) -> list[tupl
 
 def local_address(victim: Victim) -> str:
     """The victim's own end of its connection, as pg_stat_activity's client_addr shows it."""
-    sock = socket.socket(fileno=victim.conn.fileno())
+    return local_address_of(victim.conn)
+
+
+def local_address_of(conn: psycopg.Connection) -> str:
+    sock = socket.socket(fileno=conn.fileno())
     try:
         host, port = sock.getsockname()[:2]
     finally:
@@ -95,6 +99,9 @@ def test_rows_say_who_would_go_and_nothing_goes(
             local_address(idle),
             "idle",
         )
+        # Through the proxy: the real client's address, not the proxy's.
+        assert by_pid[proxied.pid][4] == local_address(proxied)
+        assert by_pid[me][4] == local_address_of(conn)
         assert by_pid[busy.pid][5] == "active"
         assert by_pid[in_tx.pid][5] == "idle in transaction"
         forced = conn.execute(f"EXPLAIN CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}")
@@ -420,6 +427,20 @@ def test_invalid_explain_clean_reports_the_grammar_error(eproxy: ProxyProcess) -
             conn.execute(query)
         assert info.value.diag.message_primary == 'syntax error at or near "CHECK"'
         assert info.value.diag.statement_position == str(query.rindex("CHECK") + 1)
+
+
+def test_client_addresses_from_every_worker(
+    pg: PgServer, victims: Victims, make_db: Callable[..., str], tmp_path: Path
+) -> None:
+    db = make_db()
+    with proxy_in_front_of(pg, tmp_path, "--workers", "2") as proxy:
+        proxied = [victims.open(f"p{i}", proxy.dsn(db)) for i in range(6)]
+        for _ in range(3):  # from connections that land on either worker
+            rows = explain(proxy, f"CLEAN CONNECTION TO ALL FOR DATABASE {db}")
+            assert {row[0]: row[4] for row in rows} == {
+                victim.pid: local_address(victim) for victim in proxied
+            }
+        victims.assert_fate(set())
 
 
 def test_without_force_none_spares_and_terminates_nothing(
