@@ -203,6 +203,7 @@ ERRORS = [
     ),
     ("CLEAN CONNECTION TO NODE (dn1, dn2) FOR postgres", "42601", "Node dn1: object not defined"),
     ('CLEAN CONNECTION TO ALL TO USER "Ex ""Q"""', "42704", 'role "Ex "Q"" does not exist'),
+    ('CLEAN CONNECTION TO ALL FOR "bäse:pgdp"', "3D000", 'database "bäse:pgdp" does not exist'),
 ]
 
 
@@ -373,7 +374,8 @@ def test_psql(pg: PgServer, eproxy: ProxyProcess, victims: Victims, make_db) -> 
     )
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"{idle.pid}|{pg.user}|{db}|")
-    assert lines[0].split("|")[5:] == ["idle", lines[0].split("|")[6], "terminate", ""]
+    fields = lines[0].split("|")
+    assert fields[5] == "idle" and fields[6] and fields[7:] == ["terminate", ""]
     assert lines[1] == f"||{db}|||||check|fail: There is 1 other session using the database."
     assert result.stderr == 'ERROR:  database "ex_nodb" does not exist\n'
     victims.assert_fate(set())
