@@ -205,7 +205,9 @@ BEGIN
 
   PERFORM pg_catalog.pg_stat_clear_snapshot();
   FOR r IN
-    SELECT x.pid, x.action FROM ({decisions}) x
+    SELECT x.pid, x.action, x.usename, x.datname, x.application_name, x.client_addr,
+           x.client_port, x.backend_start, x.state
+      FROM ({decisions}) x
      WHERE x.action OPERATOR(pg_catalog.<>) 'spare'
   LOOP
     IF r.action OPERATOR(pg_catalog.=) 'skip' THEN
