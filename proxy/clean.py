@@ -246,7 +246,13 @@ def _parse_explain_lead(text: _Text, lead: Lead, char_start: int, total: int) ->
     None for any other EXPLAIN, which is forwarded unchanged."""
     stop = _statement_bytes(text, lead)
     source = text.decode(lead.start, stop)
-    tokens = [t for t in scan_raw(source) if t.name not in COMMENT_NAMES]
+    try:
+        tokens = [t for t in scan_raw(source) if t.name not in COMMENT_NAMES]
+    except (GrammarError, ValueError, TypeError):
+        # Not ours to judge (pglast's scanner may be stricter than the server's, and the
+        # lexer fails with TypeError on e'\777'): the statement goes unchanged, and an
+        # EXPLAIN CLEAN in it fails at CLEAN on the server.
+        return None
     if len(tokens) < 2 or source[tokens[1].start : tokens[1].end + 1].lower() != "clean":
         return None
     at = tokens[1].start

@@ -48,6 +48,7 @@ def test_explain_and_clean_in_one_text() -> None:
         b'EXPLAIN "clean" CONNECTION TO ALL TO u',
         b"EXPLAIN CLEANUP CONNECTION TO ALL TO u",
         b"select 1; explain select 2 /* clean connection */",
+        b"EXPLAIN SELECT 123abc /* clean connection */",
     ],
 )
 def test_any_other_explain_is_forwarded_unchanged(text: bytes) -> None:
@@ -89,3 +90,10 @@ def test_the_planned_failure_becomes_the_statements_error() -> None:
     notice = [(S, b"NOTICE"), (M, b"hello")]
     assert run.notice(notice) is notice
     assert explain_error(b"pgdp:explain:bad") is None
+
+
+def test_an_explain_the_scanner_rejects_does_not_stop_other_cleans() -> None:
+    for bad in (b"123abc", b"e'\\777'"):  # pglast's scanner fails on both
+        result = rewrite(b"EXPLAIN SELECT " + bad + b"; CLEAN CONNECTION TO ALL TO u")
+        assert result is not None
+        assert [type(plan) for _, plan in result.planned] == [CleanPlan]
