@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grammar.clean_connection import CleanConnection, parse_tokens
+from grammar.clean_connection import CleanConnection, parse_statement
 from grammar.errors import GrammarError
-from grammar.lexer import RawToken, ascii_lower, from_raw, scan_raw
+from grammar.lexer import RawToken, ascii_lower, scan_raw
 
 
 def might_contain_clean(body: bytes) -> bool:
@@ -157,13 +157,11 @@ def _statement(
         or ascii_lower(sql[head.start : head.end + 1]) != "clean"
     ):
         return Statement(start, end, body_start, body_end, False)
-    body = [
-        from_raw(sql, t)
-        for t in tokens[first : stop + 1]
-        if t.name != "C_COMMENT" and t.name != "SQL_COMMENT"
-    ]
+    # Read again as openGauss's scanner reads it ("#" in names, its keywords, its errors);
+    # statement boundaries are the same for both scanners.
+    stop_at = tokens[stop].end + 1 if stop < len(tokens) else end
     try:
-        clean = parse_tokens(sql, body, len(sql) + 1)
+        clean = parse_statement(sql, tokens[first].start, stop_at)
     except GrammarError as exc:
         return Statement(start, end, body_start, body_end, False, None, exc)
     return Statement(start, end, body_start, body_end, False, clean)
