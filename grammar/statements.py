@@ -3,7 +3,8 @@
 Contract:
 
 * :func:`might_contain_clean` is the hot-path byte pre-test: False means the body certainly
-  holds no ``CLEAN CONNECTION`` statement (both words must appear, in any ASCII case).
+  holds no statement starting with the word ``clean`` (any ASCII case); every such
+  statement is the proxy's, valid or not (an invalid one gets openGauss's error).
 * :func:`split_statements` cuts the string at each top-level ``;`` into spans that tile it
   exactly (each span includes its ``;``; whitespace and comments before a statement belong
   to it). ``;`` inside a SQL-standard routine body (``CREATE [OR REPLACE] FUNCTION|PROCEDURE
@@ -29,12 +30,10 @@ from grammar.lexer import RawToken, ascii_lower, scan_raw
 def might_contain_clean(body: bytes) -> bool:
     """Cheap test on a raw Query/Parse body (any client encoding, NULs allowed).
 
-    False => certainly no CLEAN CONNECTION statement; True => worth scanning.
+    False => certainly no statement starting with ``clean``; True => worth scanning.
     """
     # bytes.find is measurably cheaper than the ``in`` operator on CPython 3.11.
-    lowered = body.lower()
-    at = lowered.find(b"clean")
-    return at >= 0 and lowered.find(b"connection", at + 5) >= 0
+    return body.lower().find(b"clean") >= 0
 
 
 @dataclass(frozen=True, slots=True)
