@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace) -> None:
 
 
 def _run_proxy_in_thread(direct: Target, port: int) -> tuple[threading.Thread, list]:
-    from proxy.app import _event_loop_factory
+    from proxy.app import event_loop_factory
     from proxy.config import load_config
     from proxy.server import ProxyServer
 
@@ -182,7 +182,7 @@ def _run_proxy_in_thread(direct: Target, port: int) -> tuple[threading.Thread, l
         await server.serve()
 
     def main() -> None:
-        with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve())
 
     thread = threading.Thread(target=main, daemon=True)

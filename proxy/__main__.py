@@ -7,7 +7,6 @@ stderr, never a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -52,5 +51,4 @@ def _configure_logging(config: Config) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.set_event_loop_policy(None)
     sys.exit(main())

@@ -6,13 +6,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import resource
 import ssl
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 from .clean import CleanConnectionDialect
 from .config import Address, Config
 from .embedded import EmbeddedPostgres
+from .peers import PeerRegistry, forget_worker
+from .runtime import Runtime
 from .server import ListenError, ProxyServer
 from .tls import client_tls_context, upstream_tls
 from .upstream import UpstreamTLS
@@ -23,16 +29,18 @@ log = logging.getLogger("pgdp")
 FD_RESERVE = 32  # descriptors a process needs besides its clients': loop, listeners, log…
 
 
-def _event_loop_factory():  # type: ignore[no-untyped-def]
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's loop where it is installed (every POSIX install), asyncio's otherwise: for
+    ``asyncio.Runner(loop_factory=...)``, the runner API (no event loop policy)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 @dataclasses.dataclass(frozen=True)
-class _Runtime:
+class _Launch:
     """What every worker needs: the configuration and what was prepared from it."""
 
     config: Config
@@ -41,6 +49,7 @@ class _Runtime:
     tls: ssl.SSLContext | None
     upstream_tls: UpstreamTLS | None
     fd_limits: FdLimits | None  # set only where they are logged (one process)
+    peers_dir: Path | None = None  # the peer registry the workers share
 
 
 def run(config: Config) -> None:
@@ -57,15 +66,21 @@ def run(config: Config) -> None:
         embedded.start()
         upstream = Address(host=embedded.host, port=embedded.port)
         server_tls = None  # a local server built without TLS: skip the SSLRequest round trip
-    runtime = _Runtime(config, upstream, embedded, tls, server_tls, fd_limits)
+    launch = _Launch(config, upstream, embedded, tls, server_tls, fd_limits)
     try:
         if config.workers > 1 and config.listen.host:
-            _run_workers(runtime)
+            with tempfile.TemporaryDirectory(prefix="pgdp-peers-", dir=_shm()) as peers:
+                _run_workers(dataclasses.replace(launch, peers_dir=Path(peers)))
         else:
-            _run_loop(runtime)
+            _run_loop(launch)
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def _shm() -> str | None:
+    """A memory-backed directory for the peer registry where there is one."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,20 +127,20 @@ def _count(limit: int) -> str:
     return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
 
-def _run_loop(runtime: _Runtime) -> None:
-    with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
-        runner.run(_serve(runtime))
+def _run_loop(launch: _Launch) -> None:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_serve(launch))
 
 
-def _run_workers(runtime: _Runtime) -> None:
+def _run_workers(launch: _Launch) -> None:
     """Fork ``config.workers`` processes sharing one port; the first announces it."""
-    listen = runtime.config.listen
+    listen = launch.config.listen
     try:
         holder = reserve_port(listen.host, listen.port)  # type: ignore[arg-type]
     except OSError as exc:
         raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     pinned = dataclasses.replace(
-        runtime.config, listen=dataclasses.replace(listen, port=holder.getsockname()[1])
+        launch.config, listen=dataclasses.replace(listen, port=holder.getsockname()[1])
     )
 
     def work(index: int) -> None:
@@ -133,32 +148,39 @@ def _run_workers(runtime: _Runtime) -> None:
         first = index == 0
         _run_loop(
             dataclasses.replace(
-                runtime,
+                launch,
                 config=pinned,
-                embedded=runtime.embedded if first else None,
-                fd_limits=runtime.fd_limits if first else None,
+                embedded=launch.embedded if first else None,
+                fd_limits=launch.fd_limits if first else None,
             )
         )
 
+    def exited(worker_pid: int) -> None:
+        if launch.peers_dir is not None:
+            forget_worker(launch.peers_dir, worker_pid)
+
     try:
-        supervise(runtime.config.workers, work)
+        supervise(launch.config.workers, work, on_exit=exited)
     finally:
         holder.close()
 
 
-async def _serve(runtime: _Runtime) -> None:
-    config, upstream, embedded = runtime.config, runtime.upstream, runtime.embedded
+async def _serve(launch: _Launch) -> None:
+    config, upstream, embedded = launch.config, launch.upstream, launch.embedded
     server = ProxyServer(
-        config,
-        upstream,
-        dialect=CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout),
-        tls=runtime.tls,
-        upstream_tls=runtime.upstream_tls,
+        Runtime(
+            config,
+            upstream,
+            dialect=CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout),
+            tls=launch.tls,
+            upstream_tls=launch.upstream_tls,
+            peers=PeerRegistry(launch.peers_dir),
+        )
     )
     bound = await server.start()
     server.install_signal_handlers()
-    if runtime.fd_limits is not None:
-        log_fd_limits(runtime.fd_limits, config.max_client_conn)
+    if launch.fd_limits is not None:
+        log_fd_limits(launch.fd_limits, config.max_client_conn)
     for address in bound:
         log.info("listening on %s, upstream %s", address, upstream)
     if embedded is not None and config.listen.host:

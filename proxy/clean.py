@@ -41,8 +41,13 @@ from grammar.outline import (
     needs_mask,
 )
 
-from .clean_program import DEFAULT_CHECK_SECONDS, DEFAULT_WAIT_SECONDS, render_program
-from .streams import Rewrite, SessionState, ShapedStatement, SyntaxFix
+from .clean_program import (
+    AUDIT_MARKER,
+    DEFAULT_CHECK_SECONDS,
+    DEFAULT_WAIT_SECONDS,
+    render_program,
+)
+from .streams import Fields, Rewrite, SessionState, SyntaxFix
 
 if TYPE_CHECKING:
     from .session import Session
@@ -320,7 +325,7 @@ def _rewrite_valid(
 ) -> Rewrite:
     view = memoryview(text.buf)
     parts: list[bytes | memoryview] = []
-    renamed: list[tuple[int, str]] = []
+    planned: list[tuple[int, CleanPlan]] = []
     spans: list[tuple[int, int, int]] = []
     cursor = text.start
     for statement in statements:
@@ -337,9 +342,67 @@ def _rewrite_valid(
         parts.append(program)
         spans.append((statement.char_start, len(original), len(program)))
         cursor = statement.body_end
-        renamed.append((statement.index, original))
+        planned.append((statement.index, CleanPlan(original)))
     parts.append(view[cursor : text.end])
-    return Rewrite(b"".join(parts), renamed=tuple(renamed), spans=tuple(spans), redefines=redefines)
+    return Rewrite(b"".join(parts), planned=tuple(planned), spans=tuple(spans), redefines=redefines)
+
+
+CLEAN_CONNECTION_TAG = b"CLEAN CONNECTION"
+_FIELD_MESSAGE = ord("M")
+_FIELD_CONTEXT = ord("W")
+
+
+class CleanPlan:
+    """The reply shaping of one rewritten CLEAN CONNECTION statement (``text``: the
+    client's original statement, for the audit)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def start(self) -> CleanRun:
+        return CleanRun(self.text)
+
+
+class CleanRun:
+    """One execution of a CLEAN CONNECTION: the tag becomes ``CLEAN CONNECTION``, the
+    program's PL/pgSQL CONTEXT lines go (a native command has none) and its final INFO
+    with the counts is consumed for the audit record, never forwarded."""
+
+    __slots__ = ("counts", "sent_at", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sent_at = time.monotonic()
+        self.counts: dict[str, int] = {}
+
+    def completed(self, tag: bytes) -> bytes:
+        return CLEAN_CONNECTION_TAG
+
+    def notice(self, fields: Fields) -> Fields | None:
+        text = dict(fields).get(_FIELD_MESSAGE, b"")
+        if text.startswith(AUDIT_MARKER):
+            self.counts = _parse_counts(text[len(AUDIT_MARKER) :])
+            return None
+        return _without_context(fields)
+
+    def failed(self, fields: Fields) -> Fields:
+        return _without_context(fields)
+
+
+def _without_context(fields: Fields) -> Fields:
+    kept = [(code, value) for code, value in fields if code != _FIELD_CONTEXT]
+    return fields if len(kept) == len(fields) else kept
+
+
+def _parse_counts(text: bytes) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in text.split():
+        name, _, value = item.partition(b"=")
+        if value.isdigit():
+            counts[name.decode("ascii", "replace")] = int(value)
+    return counts
 
 
 class CleanConnectionDialect:
@@ -407,15 +470,11 @@ class CleanConnectionDialect:
             check_seconds=self.check_seconds,
         )
 
-    def outcome(
-        self, session: Session, shaped: ShapedStatement, error: list[tuple[int, bytes]] | None
-    ) -> None:
-        _audit(session, shaped, error)
+    def outcome(self, session: Session, execution: CleanRun, error: Fields | None) -> None:
+        _audit(session, execution, error)
 
 
-def _audit(
-    session: Session, shaped: ShapedStatement, error: list[tuple[int, bytes]] | None
-) -> None:
+def _audit(session: Session, shaped: CleanRun, error: Fields | None) -> None:
     """One structured line per execution of a CLEAN CONNECTION statement."""
     duration = time.monotonic() - shaped.sent_at
     if error is None:

@@ -18,12 +18,13 @@ import re
 
 from grammar import CleanConnection
 
-from .streams import AUDIT_MARKER
-
 DEFAULT_WAIT_SECONDS = 15.0
 """How long a CLEAN CONNECTION waits for the sessions it terminated to exit."""
 DEFAULT_CHECK_SECONDS = 5.0
 """How long CLEAN CONNECTION ... CHECK waits for other sessions to leave."""
+
+AUDIT_MARKER = b"pgdp:audit "
+"""Prefix of the INFO message the program sends with its counts (consumed by the proxy)."""
 
 _DOLLAR_TAG = "$pgdp_clean$"
 

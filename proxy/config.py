@@ -16,9 +16,12 @@ from typing import NoReturn
 
 import platformdirs
 
+from .clean_program import DEFAULT_CHECK_SECONDS, DEFAULT_WAIT_SECONDS
+
 ENV_PREFIX = "PGDP_"
 UPSTREAM_SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_LISTEN = "127.0.0.1:6432"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 PG_MAX_MESSAGE = 0x3FFFFFFF  # PostgreSQL's MaxAllocSize - 1: the largest message it accepts
 
 
@@ -93,8 +96,8 @@ class Config:
     shutdown_timeout: float = 30.0
     client_login_timeout: float = 60.0  # startup, TLS and authentication must end within it
     max_client_conn: int = 10000  # per process; clients beyond it get 53300
-    clean_wait_timeout: float = 15.0
-    clean_check_timeout: float = 5.0
+    clean_wait_timeout: float = DEFAULT_WAIT_SECONDS
+    clean_check_timeout: float = DEFAULT_CHECK_SECONDS
     log_level: str = "info"
     workers: int = 1
     tls_cert: Path | None = None  # with tls_key: accept TLS from clients (SSLRequest → 'S')
@@ -163,13 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--clean-wait-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long CLEAN CONNECTION ... FORCE waits for sessions to exit [15]",
+        help="how long CLEAN CONNECTION waits for the sessions it terminated to exit "
+        f"[{DEFAULT_WAIT_SECONDS:g}]",
     )
     add(
         "--clean-check-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long CLEAN CONNECTION ... CHECK waits for other sessions to leave [5]",
+        help="how long CLEAN CONNECTION ... CHECK waits for other sessions to leave "
+        f"[{DEFAULT_CHECK_SECONDS:g}]",
     )
     add(
         "--workers",
@@ -191,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "--log-level",
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
         help="log verbosity [info]",
     )
     parser.set_defaults(
@@ -250,7 +255,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
     if options.get("max_message_size", 5) < 5:  # type: ignore[operator]
         raise ConfigError("max-message-size: must be at least 5 bytes")
     log_level = str(value("log_level") or "info").lower()
-    if log_level not in {"debug", "info", "warning", "error"}:
+    if log_level not in LOG_LEVELS:
         raise ConfigError(f"log-level: unknown level {log_level!r}")
     sslmode = str(value("upstream_sslmode") or "prefer").lower()
     if sslmode not in UPSTREAM_SSLMODES:

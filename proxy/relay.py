@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Callable
 
-from .config import Address, Config
 from .logfmt import value
-from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
-from .upstream import UpstreamError, UpstreamTLS, connect_upstream, forward_cancel
-from .wire import ProtocolViolation, StartupKind, StartupPacket, error_response
+from .runtime import Runtime
+from .session import Session
+from .startup import ClientStartup
+from .wire import ProtocolViolation, error_response
 
 log = logging.getLogger("pgdp.session")
 
-LOGIN_TIMEOUT = error_response("57014", "canceling authentication due to timeout", severity="FATAL")
-TOO_MANY_CLIENTS = error_response("53300", "sorry, too many clients already", severity="FATAL")
 ADMIN_SHUTDOWN = error_response(
     "57P01", "terminating connection due to administrator command", severity="FATAL"
 )
@@ -48,75 +45,48 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return "unix" if peer is not None or transport.get_extra_info("socket") else "-"
 
 
-class PlaintextAfterEncryptionRequest(ProtocolViolation):
-    """Bytes that came with an SSLRequest/GSSENCRequest, so before its answer: sent in
-    clear whatever the answer, they may come from a man in the middle (CVE-2021-23214)."""
-
-    detail = (
-        "This could be either a client-software bug or evidence of an attempted "
-        "man-in-the-middle attack."
-    )
-
-    def __init__(self, request: StartupKind) -> None:
-        what = "SSL request" if request is StartupKind.SSL_REQUEST else "GSSAPI encryption request"
-        super().__init__(f"received unencrypted data after {what}")
-
-
 class ClientProtocol(asyncio.Protocol):
-    """The client's socket. Created by the listener for each accepted connection.
+    """The client's socket: the relay's hot path, flow control and closing.
 
-    ``on_refused`` set means the client is over ``max_client_conn``: it is refused
-    (53300) after its startup packet, and ``on_refused()`` is called then.
+    Until the relay starts, received bytes go to the connection's :class:`ClientStartup`.
+    ``on_refused`` set means the client is over ``max_client_conn`` (refused after its
+    startup packet, see :mod:`proxy.startup`).
     """
 
     __slots__ = (
-        "_config",
-        "_ending",
         "_feed",
-        "_handshaking",
         "_held_by_server",
-        "_login_timer",
         "_lost",
         "_on_close",
         "_on_refused",
-        "_rest",
+        "_runtime",
         "_server",
         "_server_write",
         "_server_writelines",
-        "_session_factory",
-        "_tls",
+        "_startup",
         "_transport",
-        "_upstream",
-        "_upstream_tls",
         "bytes_in",
+        "ending",
+        "over_limit",
         "session",
     )
 
     def __init__(
         self,
-        config: Config,
-        upstream: Address,
-        session_factory: Callable[[str], Session],
+        runtime: Runtime,
         on_close: Callable[[ClientProtocol], None],
-        tls: ssl.SSLContext | None = None,
-        upstream_tls: UpstreamTLS | None = None,
         on_refused: Callable[[], None] | None = None,
     ) -> None:
-        self._config = config
-        self._on_refused = on_refused
-        self._tls = tls
-        self._upstream_tls = upstream_tls
-        self._upstream = upstream
-        self._session_factory = session_factory
+        self._runtime = runtime
         self._on_close = on_close
+        self._on_refused = on_refused
+        self.over_limit = on_refused is not None  # refused after its startup packet
         self._transport: asyncio.Transport | None = None
         self._server: ServerProtocol | None = None
-        self._rest = b""
-        self.session: Session | None = None
+        self._startup: ClientStartup | None = None
+        self.session: Session = None  # type: ignore[assignment]  # set by connection_made
         self.bytes_in = 0  # bytes received from the client
-        self._login_timer: asyncio.TimerHandle | None = None
-        self._handshaking = False  # the TLS handshake is under way: no plaintext reply
-        self._ending = False  # the proxy ends this connection and has logged why
+        self.ending = False  # the proxy ends this connection and has logged why
         self._lost = False  # connection_lost has run
         self._held_by_server = False  # reading paused by flow control (server leg full)
         # Set when the relay starts: the frontend's feed and the server socket's writers.
@@ -129,20 +99,23 @@ class ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.session = self._session_factory(_peer(transport))
-        # A refused client gets no TLS: no handshake work for a connection about to close.
-        self.session.tls_available = self._tls is not None and self._on_refused is None
-        self._login_timer = asyncio.get_running_loop().call_later(
-            self._config.client_login_timeout, self._login_timed_out
+        runtime = self._runtime
+        self.session = Session(
+            client_address=_peer(transport),
+            max_message_size=runtime.config.max_message_size,
+            dialect=runtime.dialect,
+            # A refused client gets no TLS: no handshake work for a connection about to close.
+            tls_available=runtime.tls is not None and not self.over_limit,
         )
+        self._startup = ClientStartup(self, runtime, self._on_refused)
 
     def data_received(self, data: bytes) -> None:
         # Hot path: bound methods cached when the relay started, no attribute chains. The
         # try costs nothing until something raises (zero-cost exceptions, Python 3.11+).
         feed = self._feed
         try:
+            self.bytes_in += len(data)
             if feed is not None:
-                self.bytes_in += len(data)
                 chunks = feed(data)
                 if len(chunks) == 1:
                     self._server_write(chunks[0])
@@ -151,7 +124,7 @@ class ClientProtocol(asyncio.Protocol):
                 else:
                     self._yield_reading()
                 return
-            self._before_relay(data)
+            self._startup.data(data)  # type: ignore[union-attr]
         except ProtocolViolation as exc:
             self._protocol_violation(exc)
         except Exception as exc:
@@ -168,15 +141,14 @@ class ClientProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._lost:  # also called by _start_tls, and maybe by the loop after it
+        if self._lost:  # also called after a failed TLS handshake, and maybe by the loop
             return
         self._lost = True
-        self._cancel_login_timer()
         session = self.session
-        if session is not None and session.phase is not Phase.CLOSED:
-            session.phase = Phase.CLOSED
+        if self._startup is not None:
+            self._startup.closed()
         if session is not None:
-            session.release()
+            session.close()
         if self._server is not None:
             self._server.client_gone()
         self._on_close(self)
@@ -189,187 +161,53 @@ class ClientProtocol(asyncio.Protocol):
         if self._server is not None:
             self._server.resume_reading()
 
-    # --- startup ---------------------------------------------------------------------
+    # --- called by the startup ---------------------------------------------------------
 
-    def _before_relay(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None
-        self.bytes_in += len(data)
-        if session.phase is Phase.STARTUP:
-            self._startup_data(data)
-        elif session.phase is Phase.CONNECTING:
-            self._rest += data
-
-    def _startup_data(self, data: bytes) -> None:
-        """Startup packets in ``data``; raises :class:`ProtocolViolation` for bad ones."""
-        session = self.session
-        assert session is not None and self._transport is not None
-        while data or session.phase is Phase.STARTUP:
-            result = session.startup.feed(data)
-            if result is None:
-                return
-            packet, data = result
-            action = session.on_startup_packet(packet)
-            if action is StartupAction.REFUSE_ENCRYPTION:
-                self._transport.write(ENCRYPTION_REFUSED)
-                if data:  # as PostgreSQL: nothing may come before the answer was read
-                    raise PlaintextAfterEncryptionRequest(packet.kind)
-                continue
-            if action is StartupAction.ACCEPT_TLS:
-                if data:
-                    raise PlaintextAfterEncryptionRequest(packet.kind)
-                self._transport.write(TLS_ACCEPTED)
-                # Not a byte more as plaintext: the ClientHello belongs to the handshake.
-                self._transport.pause_reading()
-                self._handshaking = True
-                asyncio.get_running_loop().create_task(self._start_tls())
-                return
-            if action is StartupAction.FORWARD_CANCEL:
-                self._cancel_login_timer()  # forwarding has its own timeout
-                asyncio.get_running_loop().create_task(self._forward_cancel(packet))
-                return
-            if self._on_refused is not None:
-                self._refuse()
-                return
-            self._rest = data
-            self._transport.pause_reading()
-            asyncio.get_running_loop().create_task(self._connect(packet))
-            return
-
-    def _refuse(self) -> None:
-        """Over ``max_client_conn``: 53300 as PostgreSQL says it, no server connection."""
-        assert self._on_refused is not None
-        self._on_refused()
-        self._ending = True
-        self.terminate(TOO_MANY_CLIENTS, abort_server=True)
-
-    async def _start_tls(self) -> None:
-        """The server side of the TLS handshake; startup continues on the TLS transport."""
-        session = self.session
-        assert session is not None and self._transport is not None and self._tls is not None
-        try:
-            transport = await asyncio.get_running_loop().start_tls(
-                self._transport,
-                self,
-                self._tls,
-                server_side=True,
-                ssl_handshake_timeout=self._config.connect_timeout,
-            )
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
-            if not self._ending:  # else the reason is logged already (login timeout)
-                log.warning("%s TLS handshake failed: %s", session.describe(), value(str(exc)))
-            transport = None
-        finally:
-            self._handshaking = False
-        if transport is None or transport.is_closing():
-            # Failed, or the connection was lost during the handshake (uvloop then returns
-            # a closed transport): the loop reports no connection_lost for it.
-            self._transport.abort()
-            self.connection_lost(None)
-            return
+    def encrypted(self, transport: asyncio.Transport) -> None:
+        """The TLS handshake succeeded: go on reading startup packets on ``transport``."""
         self._transport = transport
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        session.tls_active = True
+        self.session.tls_active = True
 
-    # --- login timeout ---------------------------------------------------------------
+    def server_leg(self) -> ServerProtocol:
+        """A protocol for this client's upstream connection."""
+        return ServerProtocol(self)
 
-    def _login_timed_out(self) -> None:
-        self._login_timer = None
+    def start_relay(
+        self, server: ServerProtocol, server_transport: asyncio.Transport, encrypted: bool
+    ) -> None:
+        """The upstream connection is open: from now on bytes are relayed both ways."""
         session = self.session
-        assert session is not None
-        transport = self._transport
-        if transport is None or transport.is_closing() or session.phase is Phase.CLOSED:
-            return
-        if session.login_complete():
-            return
-        log.warning(
-            "%s canceling authentication due to timeout (%gs, during %s)",
-            session.describe(),
-            self._config.client_login_timeout,
-            self._login_stage(),
-        )
-        self._ending = True
-        self.terminate(LOGIN_TIMEOUT, abort_server=True)
-
-    def _login_stage(self) -> str:
-        if self._handshaking:
-            return "tls handshake"
-        phase = self.session.phase  # type: ignore[union-attr]
-        if phase is Phase.STARTUP:
-            return "startup"
-        return "server connect" if phase is Phase.CONNECTING else "authentication"
-
-    def _logged_in(self) -> None:
-        """Called once, at the server's first ReadyForQuery."""
-        self._cancel_login_timer()
-
-    def _cancel_login_timer(self) -> None:
-        timer = self._login_timer
-        if timer is not None:
-            timer.cancel()
-            self._login_timer = None
-
-    async def _forward_cancel(self, packet: StartupPacket) -> None:
-        try:
-            await forward_cancel(self._upstream, packet.raw, self._config.connect_timeout)
-        except UpstreamError as exc:
-            log.warning("%s cancel request not forwarded: %s", self.session.describe(), exc)
-        finally:
-            self.close()
-
-    async def _connect(self, packet: StartupPacket) -> None:
-        session = self.session
-        assert session is not None and self._transport is not None
-        loop = asyncio.get_running_loop()
-        try:
-            transport, server, encrypted = await connect_upstream(
-                loop,
-                self._upstream,
-                lambda: ServerProtocol(self),
-                self._config.connect_timeout,
-                self._upstream_tls,
-            )
-        except UpstreamError as exc:
-            if self._ending:  # the client was told why already
-                return
-            log.warning("%s upstream unreachable: %s", session.describe(), exc)
-            if not self._transport.is_closing():
-                self._transport.write(error_response("08001", str(exc), severity="FATAL"))
-                self._transport.close()
-            return
-        if self._transport.is_closing():
-            transport.abort()
-            return
-        self._server = server  # type: ignore[assignment]
-        session.phase = Phase.RELAY
+        self._server = server
+        session.relay_started()
         if encrypted and session.tls_active:
             # Channel binding would bind the client to *our* certificate, which the
             # server cannot check: offer the client plain SCRAM only.
             session.backend.strip_scram_plus = True  # type: ignore[union-attr]
         self._feed = session.frontend.feed  # type: ignore[union-attr]
-        self._server_write = transport.write
-        self._server_writelines = transport.writelines
-        server.start_relay(session, self.transport, self._logged_in)
-        log.info(
-            "%s opened app=%s upstream=%s%s",
-            session.describe(),
-            value(session.application_name) if session.application_name else "-",
-            self._upstream,
-            " (tls)" if encrypted else "",
-        )
-        transport.write(packet.raw)
-        rest, self._rest = self._rest, b""
+        self._server_write = server_transport.write
+        self._server_writelines = server_transport.writelines
+        server.start_relay(session, self.transport, self._startup.logged_in)  # type: ignore[union-attr]
+
+    def relay_startup_rest(self, rest: bytes) -> None:
+        """Relay what the client sent after its StartupMessage, then read on."""
         if rest:
+            self.bytes_in -= len(rest)  # counted when it arrived
             self.data_received(rest)
-            self.bytes_in -= len(rest)  # already counted during startup
-        self._transport.resume_reading()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def is_closed(self) -> bool:
+        """The client connection is closed or closing."""
+        return self._transport is None or self._transport.is_closing()
+
+    def end(self, error: bytes) -> None:
+        """The proxy ends this connection, having logged why: tell the client ``error``
+        (a FATAL ErrorResponse) where possible, abort the server leg."""
+        self.ending = True
+        self.terminate(error, abort_server=True)
 
     # --- helpers used by the server side ---------------------------------------------
-
-    @property
-    def over_limit(self) -> bool:
-        """This client came over ``max_client_conn`` and is (to be) refused."""
-        return self._on_refused is not None
 
     @property
     def server_bytes_in(self) -> int:
@@ -425,7 +263,7 @@ class ClientProtocol(asyncio.Protocol):
         During a TLS handshake nothing can be said: the connection is aborted."""
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            if self._handshaking:
+            if self._startup is not None and self._startup.handshaking:
                 transport.abort()
             else:
                 if error is not None and self._can_reply():
@@ -448,12 +286,8 @@ class ClientProtocol(asyncio.Protocol):
         session = self.session
         assert session is not None
         log.warning("%s protocol violation: %s", session.describe(), value(str(exc)))
-        self._ending = True
         detail = getattr(exc, "detail", None)
-        self.terminate(
-            error_response(exc.sqlstate, str(exc), severity="FATAL", detail=detail),
-            abort_server=True,
-        )
+        self.end(error_response(exc.sqlstate, str(exc), severity="FATAL", detail=detail))
 
     def internal_error(self, exc: Exception, side: str) -> None:
         """Last resort for a bug met while handling bytes from ``side`` ("client" or
@@ -466,7 +300,7 @@ class ClientProtocol(asyncio.Protocol):
             type(exc).__name__,
             value(str(exc)),
         )
-        self._ending = True
+        self.ending = True
         self.terminate(None, abort_server=True)
 
 

@@ -22,16 +22,13 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import stat
 from collections.abc import Callable
 
-from .config import Address, Config
+from .config import Address
 from .logfmt import RateLimitedLog
 from .relay import ADMIN_SHUTDOWN, ClientProtocol
-from .session import Session
-from .streams import Dialect
-from .upstream import UpstreamTLS
+from .runtime import Runtime
 
 log = logging.getLogger("pgdp.server")
 session_log = logging.getLogger("pgdp.session")
@@ -149,28 +146,11 @@ def _address(sock: socket.socket) -> str:
 
 
 class ProxyServer:
-    """Accepts clients on ``config.listen`` and relays each one to ``upstream``.
+    """Accepts clients on ``runtime.config.listen`` and relays each one to
+    ``runtime.upstream`` (see :class:`~proxy.runtime.Runtime`)."""
 
-    ``dialect`` supplies the hooks applied to Query/Parse texts (see :mod:`proxy.streams`);
-    without one the proxy is a transparent relay. ``tls`` is the context clients' TLS is
-    accepted with (SSLRequest answered ``S``); without one SSLRequest is answered ``N``.
-    ``upstream_tls`` says how to negotiate TLS with the server (None: plain).
-    """
-
-    def __init__(
-        self,
-        config: Config,
-        upstream: Address,
-        *,
-        dialect: Dialect | None = None,
-        tls: ssl.SSLContext | None = None,
-        upstream_tls: UpstreamTLS | None = None,
-    ) -> None:
-        self.config = config
-        self._tls = tls
-        self._upstream_tls = upstream_tls
-        self.upstream = upstream
-        self._dialect = dialect
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.clients: set[ClientProtocol] = set()
         self._admitted = 0  # clients in ``clients`` not over max_client_conn
         self._refusals = RateLimitedLog(self._log_refusals, LOG_INTERVAL)
@@ -187,9 +167,9 @@ class ProxyServer:
     async def start(self) -> list[str]:
         """Bind the listen address and start accepting; return the bound addresses as
         ``host:port`` strings (or socket paths)."""
-        listen = self.config.listen
+        listen = self.runtime.config.listen
         try:
-            sockets = await bind_listeners(listen, reuse_port=self.config.workers > 1)
+            sockets = await bind_listeners(listen, reuse_port=self.runtime.config.workers > 1)
         except OSError as exc:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
         self._acceptors = [Acceptor(sock, self._adopt, self._accept_failed) for sock in sockets]
@@ -227,15 +207,9 @@ class ProxyServer:
         )
 
     def _new_client(self) -> ClientProtocol:
-        over_limit = self._admitted >= self.config.max_client_conn
+        over_limit = self._admitted >= self.runtime.config.max_client_conn
         client = ClientProtocol(
-            self.config,
-            self.upstream,
-            self._new_session,
-            self._client_closed,
-            self._tls,
-            self._upstream_tls,
-            on_refused=self._refusals if over_limit else None,
+            self.runtime, self._client_closed, self._refusals if over_limit else None
         )
         if not over_limit:
             self._admitted += 1
@@ -243,18 +217,11 @@ class ProxyServer:
         self._all_closed.clear()
         return client
 
-    def _new_session(self, client_address: str) -> Session:
-        return Session(
-            client_address=client_address,
-            max_message_size=self.config.max_message_size,
-            dialect=self._dialect,
-        )
-
     def _log_refusals(self, count: int) -> None:
         log.warning(
             "too many clients already (max-client-conn %d): %d connection(s) refused "
             "since the last report",
-            self.config.max_client_conn,
+            self.runtime.config.max_client_conn,
             count,
         )
 
@@ -297,10 +264,12 @@ class ProxyServer:
         await self._stopped.wait()
         if self.clients:
             log.info(
-                "waiting up to %gs for %d sessions", self.config.shutdown_timeout, len(self.clients)
+                "waiting up to %gs for %d sessions",
+                self.runtime.config.shutdown_timeout,
+                len(self.clients),
             )
             try:
-                async with asyncio.timeout(self.config.shutdown_timeout):
+                async with asyncio.timeout(self.runtime.config.shutdown_timeout):
                     await self._all_closed.wait()
             except TimeoutError:
                 await self._end_sessions()

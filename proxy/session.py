@@ -1,6 +1,7 @@
 """Per-client session state and the startup-phase decisions, without I/O.
 
-A session moves STARTUP → CONNECTING → RELAY → CLOSED. In STARTUP the client may send an
+A session moves STARTUP → CONNECTING → RELAY → CLOSED (or STARTUP → CLOSED), and only
+its own methods move it (:meth:`Session._enter` checks every transition). In STARTUP the client may send an
 SSLRequest (accepted with ``S`` and a TLS handshake when the proxy has a certificate,
 else refused with ``N``) and GSSENCRequests (refused), then either a CancelRequest (forwarded to the server on a fresh connection,
 the client connection closed) or a StartupMessage (the upstream connection is opened and the
@@ -16,17 +17,25 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from .logfmt import value
-from .streams import BackendStream, Dialect, FrontendStream, SessionState, ShapedStatement
+from .streams import BackendStream, Dialect, Fields, FrontendStream, ReplyShaping, SessionState
 from .wire import ProtocolViolation, StartupKind, StartupPacket, StartupParser
 
 _connection_ids = itertools.count(1)
 
 
 class Phase(Enum):
-    STARTUP = auto()
-    CONNECTING = auto()
-    RELAY = auto()
-    CLOSED = auto()
+    STARTUP = auto()  # reading startup packets (and the TLS handshake)
+    CONNECTING = auto()  # StartupMessage received: the upstream connection is being opened
+    RELAY = auto()  # bytes flow both ways through the streams
+    CLOSED = auto()  # the client connection is closed, or was a CancelRequest
+
+
+_NEXT = {
+    Phase.STARTUP: frozenset({Phase.CONNECTING, Phase.CLOSED}),
+    Phase.CONNECTING: frozenset({Phase.RELAY, Phase.CLOSED}),
+    Phase.RELAY: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset({Phase.CLOSED}),
+}
 
 
 class StartupAction(Enum):
@@ -73,7 +82,7 @@ class Session:
         if packet.kind is StartupKind.GSSENC_REQUEST:
             return StartupAction.REFUSE_ENCRYPTION
         if packet.kind is StartupKind.CANCEL_REQUEST:
-            self.phase = Phase.CLOSED
+            self._enter(Phase.CLOSED)
             return StartupAction.FORWARD_CANCEL
         params = packet.parameters()
         self.user = params.get("user", "")
@@ -86,26 +95,39 @@ class Session:
         self.backend = BackendStream(
             self.state, self._outcome if self.dialect is not None else None
         )
-        self.phase = Phase.CONNECTING
+        self._enter(Phase.CONNECTING)
         return StartupAction.CONNECT
+
+    def relay_started(self) -> None:
+        """The upstream connection is open and the StartupMessage forwarded."""
+        self._enter(Phase.RELAY)
+
+    def _enter(self, phase: Phase) -> None:
+        if phase not in _NEXT[self.phase]:
+            raise AssertionError(f"session phase {self.phase.name} -> {phase.name}")
+        self.phase = phase
 
     def login_complete(self) -> bool:
         """True once the server's first ReadyForQuery has passed: the client is
         authenticated and its session is ready."""
         return self.state is not None and self.state.ready
 
-    def release(self) -> None:
-        """The connection is closed: drop what the streams still buffer."""
+    @property
+    def backend_pid(self) -> int:
+        """The server process serving this session (0 until BackendKeyData)."""
+        return self.state.backend_pid if self.state is not None else 0
+
+    def close(self) -> None:
+        """The client connection is closed: drop what the streams still buffer."""
+        self._enter(Phase.CLOSED)
         if self.frontend is not None:
             self.frontend.release()
         if self.backend is not None:
             self.backend.release()
 
-    def _outcome(
-        self, shaped: ShapedStatement, tag: bytes, error: list[tuple[int, bytes]] | None
-    ) -> None:
+    def _outcome(self, execution: ReplyShaping, error: Fields | None) -> None:
         assert self.dialect is not None
-        self.dialect.outcome(self, shaped, error)
+        self.dialect.outcome(self, execution, error)
 
     def duration(self) -> float:
         return time.monotonic() - self.started

@@ -32,18 +32,24 @@ backend walks headers and forwards whole reads.
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .wire import ProtocolViolation, build_fields, cstring_at, message, parse_fields
+from .wire import (
+    ProtocolViolation,
+    build_fields,
+    command_complete,
+    cstring_at,
+    message,
+    parse_fields,
+    query_header,
+)
 
 PG_MAX_AUTH_TOKEN_LENGTH = 65535
 """The largest message PostgreSQL accepts while authenticating (password, SASL, GSS)."""
 
 _unpack_int32 = struct.Struct("!I").unpack_from
-_pack_int32 = struct.Struct("!I").pack
 
 # Frontend message types (client → server) that need more than a header; the hot loop in
 # FrontendStream.feed spells the others (Sync, FunctionCall, CopyDone/Fail) as literals.
@@ -61,26 +67,26 @@ _ERROR = 0x45  # E
 _NOTICE = 0x4E  # N
 _PARAMETER_STATUS = 0x53  # S
 _AUTHENTICATION = 0x52  # R
+_BACKEND_KEY_DATA = 0x4B  # K
 _AUTH_SASL = 10
 _SCRAM_PLUS = b"SCRAM-SHA-256-PLUS"
 
-CLEAN_CONNECTION_TAG = b"CLEAN CONNECTION"
 
 # Per-type class of backend messages, looked up by type byte: one index, one truth test for
 # the common DataRow. 1 = completion, 2 = ReadyForQuery, 3 = ParameterStatus,
-# 4 = Authentication (only ever seen during startup).
+# 4 = Authentication, 5 = BackendKeyData (both only ever seen during startup).
 _BACKEND_KIND = bytearray(256)
 for _t in (_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED):
     _BACKEND_KIND[_t] = 1
 _BACKEND_KIND[_READY_FOR_QUERY] = 2
 _BACKEND_KIND[_PARAMETER_STATUS] = 3
 _BACKEND_KIND[_AUTHENTICATION] = 4
+_BACKEND_KIND[_BACKEND_KEY_DATA] = 5
 _BACKEND_KIND = bytes(_BACKEND_KIND)
 
 _FIELD_CODE = ord("C")
 _FIELD_MESSAGE = ord("M")
 _FIELD_POSITION = ord("P")
-_FIELD_CONTEXT = ord("W")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,26 +103,47 @@ class SyntaxFix:
     position: bytes
 
 
-@dataclass(slots=True)
-class ShapedStatement:
-    """One rewritten statement whose replies are shaped; carried to its outcome.
+Fields = list[tuple[int, bytes]]
+"""The fields of an ErrorResponse or NoticeResponse, in order: (field code, value)."""
 
-    ``text`` is the client's original statement (for the audit log), ``sent_at`` the
-    monotonic time it was sent to the server (set when it is executed).
+
+class ReplyShaping(Protocol):
+    """One execution of a rewritten statement: how its replies reach the client.
+
+    Built by the dialect's :class:`StatementPlan` for each execution. The stream calls it
+    for the execution's own CommandComplete, NoticeResponse and ErrorResponse only; it
+    knows nothing of what the replies say.
     """
 
-    text: str
-    sent_at: float = 0.0
-    counts: dict[str, int] = field(default_factory=dict)
+    def completed(self, tag: bytes) -> bytes:
+        """The command tag to send in place of the server's ``tag`` (both without NUL)."""
+        ...
+
+    def notice(self, fields: Fields) -> Fields | None:
+        """The notice to send in place of ``fields``; None sends none."""
+        ...
+
+    def failed(self, fields: Fields) -> Fields:
+        """The error to send in place of ``fields``."""
+        ...
+
+
+class StatementPlan(Protocol):
+    """What the dialect planned for one rewritten statement (as PgDog's RewritePlan):
+    immutable, kept while a prepared statement or portal holds it."""
+
+    def start(self) -> ReplyShaping:
+        """A fresh :class:`ReplyShaping` for one execution, which starts now."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
     """What the rewriter made of one Query/Parse text.
 
-    ``sql`` replaces the text (None: forward the original bytes); ``renamed`` maps the
-    indexes, among the non-empty statements of the text, whose completion becomes
-    ``CLEAN CONNECTION`` to their original text. ``spans`` lists, in order, each replaced
+    ``sql`` replaces the text (None: forward the original bytes); ``planned`` maps the
+    indexes, among the non-empty statements of the text, of the rewritten statements to
+    the :class:`StatementPlan` that shapes their replies. ``spans`` lists, in order, each replaced
     piece as (start in the original text, its length, the replacement's length), in
     characters: error positions the server reports in the rewritten text are mapped back
     into the client's text with them. ``redefines`` names the prepared statements the text
@@ -124,18 +151,15 @@ class Rewrite:
     """
 
     sql: bytes | None
-    renamed: tuple[tuple[int, str], ...] = ()
+    planned: tuple[tuple[int, StatementPlan], ...] = ()
     syntax_fix: SyntaxFix | None = None
     spans: tuple[tuple[int, int, int], ...] = ()
     redefines: tuple[bytes | None, ...] = ()
 
 
-OutcomeListener = Callable[[ShapedStatement, bytes, "list[tuple[int, bytes]] | None"], None]
-"""Told the outcome of each shaped statement: its CommandComplete tag (b"" on error) and
-the ErrorResponse fields, if it failed."""
-
-AUDIT_MARKER = b"pgdp:audit "
-"""Prefix of the INFO message a rewritten statement sends with its counts; never forwarded."""
+OutcomeListener = Callable[[ReplyShaping, "Fields | None"], None]
+"""Told the outcome of each shaped execution: None once it completed, or the ErrorResponse
+fields the client was sent when it failed."""
 
 
 @dataclass(slots=True)
@@ -143,7 +167,7 @@ class ReplyPlan:
     """The shaping owed to one response group."""
 
     group: int
-    renamed_slots: dict[int, ShapedStatement] = field(default_factory=dict)
+    slots: dict[int, ReplyShaping] = field(default_factory=dict)  # completion index → shaping
     syntax_fix: SyntaxFix | None = None
     spans: tuple[tuple[int, int, int], ...] = ()
 
@@ -162,6 +186,7 @@ class SessionState:
         "answering_group",
         "auth_request",
         "authenticated",
+        "backend_pid",
         "client_encoding",
         "groups_sent",
         "queue",
@@ -174,6 +199,7 @@ class SessionState:
         self.authenticated = False  # the server's AuthenticationOk has passed
         self.ready = False  # its first ReadyForQuery has passed: the session is logged in
         self.auth_request = 0  # the last authentication request code the server sent
+        self.backend_pid = 0  # from BackendKeyData: the server process serving the session
         self.client_encoding = "UTF8"
         self.standard_conforming_strings = True
         # Response groups (see the module docstring): opened by the client, closed by the
@@ -225,10 +251,9 @@ class Dialect(Protocol):
         settled: bool,
     ) -> Rewrite | None: ...
 
-    def outcome(
-        self, session: Any, shaped: ShapedStatement, error: list[tuple[int, bytes]] | None
-    ) -> None:
-        """Told the outcome of each shaped statement (``error``: its ErrorResponse fields)."""
+    def outcome(self, session: Any, execution: ReplyShaping, error: Fields | None) -> None:
+        """Told the outcome of each shaped execution (``error``: the ErrorResponse fields
+        the client was sent)."""
 
 
 class Scanner(Protocol):
@@ -295,8 +320,8 @@ class FrontendStream:
         self._syncs_since_execute = 0
         self._executes_before_sync = 0
         # Prepared statements / portals whose executions are shaped, and whether any exist.
-        self._statements: dict[bytes, str] = {}
-        self._portals: dict[bytes, str] = {}
+        self._statements: dict[bytes, StatementPlan] = {}
+        self._portals: dict[bytes, StatementPlan] = {}
         self._tracking = False
 
     @property
@@ -495,19 +520,17 @@ class FrontendStream:
         if t == _BIND:
             portal, at = cstring_at(body, 0)
             statement, _ = cstring_at(body, at)
-            text = self._statements.get(statement)
-            if text is not None:
-                self._portals[portal] = text
+            planned = self._statements.get(statement)
+            if planned is not None:
+                self._portals[portal] = planned
             else:
                 self._portals.pop(portal, None)
         elif t == _EXECUTE:
             portal, _ = cstring_at(body, 0)
-            text = self._portals.get(portal)
-            if text is not None:
-                shaped = ShapedStatement(text, time.monotonic())
-                self._state.for_group(self._state.groups_sent).renamed_slots[self._executes] = (
-                    shaped
-                )
+            planned = self._portals.get(portal)
+            if planned is not None:
+                group = self._state.for_group(self._state.groups_sent)
+                group.slots[self._executes] = planned.start()
             self._executes += 1
             self._syncs_since_execute = 0
         else:  # Close
@@ -553,18 +576,17 @@ class FrontendStream:
         if rewrite is None:
             return None
         self._forget_redefined(rewrite)
-        if not rewrite.renamed and rewrite.syntax_fix is None:
+        if not rewrite.planned and rewrite.syntax_fix is None:
             return None
         plan = self._state.for_group(group)
-        now = time.monotonic()
-        for index, text in rewrite.renamed:
-            plan.renamed_slots[index] = ShapedStatement(text, now)
+        for index, planned in rewrite.planned:
+            plan.slots[index] = planned.start()
         plan.syntax_fix = rewrite.syntax_fix
         plan.spans = rewrite.spans
-        if rewrite.sql is None or not rewrite.renamed:
+        if rewrite.sql is None or not rewrite.planned:
             return None  # only a SyntaxFix: the text goes unchanged
         # Written as pieces (writelines): a rewritten 100 MB query is not copied again.
-        return [b"Q" + _pack_int32(len(rewrite.sql) + 5), rewrite.sql, b"\0"]
+        return [query_header(len(rewrite.sql)), rewrite.sql, b"\0"]
 
     def _inspect_parse(self, data: bytes, pos: int, end: int) -> list[bytes] | None:
         """A Parse whose pre-test fired: rewrite it and remember the statement's name."""
@@ -575,11 +597,11 @@ class FrontendStream:
         if rewrite is None:
             return None
         self._forget_redefined(rewrite)
-        if not rewrite.renamed:
+        if not rewrite.planned:
             if rewrite.syntax_fix is not None:
                 self._state.for_group(self._state.groups_sent).syntax_fix = rewrite.syntax_fix
             return None
-        self._statements[name] = rewrite.renamed[0][1]
+        self._statements[name] = rewrite.planned[0][1]
         self._tracking = True
         assert rewrite.sql is not None
         return [message(b"P", name + b"\0" + rewrite.sql + b"\0" + data[text_end + 1 : end])]
@@ -709,8 +731,12 @@ class BackendStream:
         self._carry_need = 1 + _unpack_int32(data, pos + 1)[0] if n - pos >= 5 else 5
 
     def _session_message(self, kind: int, data: bytes, start: int, end: int) -> None:
-        """A whole ParameterStatus (kind 3) or Authentication message (kind 4)."""
+        """A whole ParameterStatus (kind 3), Authentication (4) or BackendKeyData (5)."""
         state = self._state
+        if kind == 5:
+            if end - start >= 4:
+                state.backend_pid = _unpack_int32(data, start)[0]
+            return
         if kind == 4:
             if end - start >= 4:
                 state.auth_request = _unpack_int32(data, start)[0]
@@ -784,13 +810,14 @@ class BackendStream:
 
     def _shape(self, plan: ReplyPlan, t: int, body: bytes) -> bytes | None:
         """The replacement for a whole C/E/N message of ``plan``'s group, or None to keep it."""
-        shaped = plan.renamed_slots.get(self._completions)
+        shaping = plan.slots.get(self._completions)
         if t == _COMMAND_COMPLETE:
-            if shaped is None:
+            if shaping is None:
                 return None
+            tag = shaping.completed(body[:-1])
             if self._on_outcome is not None:
-                self._on_outcome(shaped, body[:-1], None)
-            return message(b"C", CLEAN_CONNECTION_TAG + b"\0")
+                self._on_outcome(shaping, None)
+            return command_complete(tag)
         try:
             fields = parse_fields(body)
         except ValueError:
@@ -803,20 +830,19 @@ class BackendStream:
         mapped = _map_position(plan.spans, fields) if plan.spans else None
         if mapped is not None:
             fields = mapped
-        if shaped is None:
+        if shaping is None:
             return None if mapped is None else message(bytes((t,)), build_fields(fields))
         if t == _NOTICE:
-            text = dict(fields).get(_FIELD_MESSAGE, b"")
-            if text.startswith(AUDIT_MARKER):
-                shaped.counts = _parse_counts(text[len(AUDIT_MARKER) :])
+            shaped = shaping.notice(fields)
+            if shaped is None:
                 return b""
-        elif self._on_outcome is not None:
-            self._on_outcome(shaped, b"", fields)
-        # The rewritten statement runs as PL/pgSQL; a native command has no CONTEXT line.
-        kept = [(code, value) for code, value in fields if code != _FIELD_CONTEXT]
-        if len(kept) == len(fields) and mapped is None:
+        else:
+            shaped = shaping.failed(fields)
+            if self._on_outcome is not None:
+                self._on_outcome(shaping, shaped)
+        if shaped == fields and mapped is None:
             return None
-        return message(bytes((t,)), build_fields(kept))
+        return message(bytes((t,)), build_fields(shaped))
 
 
 def _map_position(
@@ -865,12 +891,3 @@ def _apply_syntax_fix(fix: SyntaxFix, fields: list[tuple[int, bytes]]) -> bytes 
     ]
     fixed.append((_FIELD_POSITION, fix.position))
     return message(b"E", build_fields(fixed))
-
-
-def _parse_counts(text: bytes) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in text.split():
-        name, _, value = item.partition(b"=")
-        if value.isdigit():
-            counts[name.decode("ascii", "replace")] = int(value)
-    return counts

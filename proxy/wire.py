@@ -27,7 +27,6 @@ PROTOCOL_3_MAJOR = 3
 MAX_STARTUP_PACKET_LENGTH = 10_000
 """PostgreSQL's own limit (MAX_STARTUP_PACKET_LENGTH in libpq/pqcomm.h)."""
 
-HEADER = struct.Struct("!cI")
 INT32 = struct.Struct("!I")
 
 
@@ -170,6 +169,17 @@ def error_response(
     if position is not None:
         fields.append((ord("P"), str(position).encode()))
     return message(b"E", build_fields(fields))
+
+
+def query(text: bytes) -> bytes:
+    """A Query message (simple protocol) for ``text``, which holds no NUL."""
+    return message(b"Q", text + b"\0")
+
+
+def query_header(text_length: int) -> bytes:
+    """The first 5 bytes of a Query whose text is ``text_length`` bytes (for writing a
+    large rewritten text as pieces, without copying it into one message)."""
+    return b"Q" + INT32.pack(text_length + 5)
 
 
 def ready_for_query(status: bytes = b"I") -> bytes:

@@ -35,8 +35,13 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def supervise(count: int, work: Callable[[int], None]) -> int:
-    """Run ``work(index)`` in ``count`` forked processes until a signal stops them all."""
+def supervise(
+    count: int,
+    work: Callable[[int], None],
+    on_exit: Callable[[int], None] | None = None,
+) -> int:
+    """Run ``work(index)`` in ``count`` forked processes until a signal stops them all;
+    ``on_exit(pid)`` is called for each worker process that exited."""
     children: dict[int, int] = {}
     stopping = False
 
@@ -77,6 +82,8 @@ def supervise(count: int, work: Callable[[int], None]) -> int:
         index = children.pop(pid, None)
         if index is None:
             continue
+        if on_exit is not None:
+            on_exit(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if stopping:
             status = status or (code if code > 0 else 0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 import struct
 
+from proxy.wire import query
+
 PROTOCOL_3_0 = 3 << 16
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
 GSSENC_REQUEST = struct.pack("!II", 8, 80877104)
@@ -19,8 +21,7 @@ def startup_packet(user: str, database: str = "postgres", **params: str) -> byte
 
 
 def query_message(sql: str | bytes) -> bytes:
-    body = (sql.encode() if isinstance(sql, str) else sql) + b"\0"
-    return b"Q" + struct.pack("!I", len(body) + 4) + body
+    return query(sql.encode() if isinstance(sql, str) else sql)
 
 
 def recv_exactly(sock: socket.socket, count: int) -> bytes:

@@ -11,9 +11,10 @@ import struct
 
 import pytest
 
-import proxy.relay
+import proxy.startup
 from proxy.config import Address, load_config
 from proxy.relay import ClientProtocol, ServerProtocol
+from proxy.runtime import Runtime
 from proxy.session import Session
 from tests.rawpg import query_message, startup_packet
 
@@ -82,13 +83,10 @@ async def relay(monkeypatch: pytest.MonkeyPatch) -> Relay:
         servers.append(server)
         return server_transport, server, False
 
-    monkeypatch.setattr(proxy.relay, "connect_upstream", connect_upstream)
+    monkeypatch.setattr(proxy.startup, "connect_upstream", connect_upstream)
 
-    def new_session(address: str) -> Session:
-        return Session(client_address=address, max_message_size=1 << 20)
-
-    config = load_config(["--upstream", "127.0.0.1:5432"], {})
-    client = ClientProtocol(config, Address("127.0.0.1", 5432), new_session, lambda c: None)
+    config = load_config(["--upstream", "127.0.0.1:5432", "--max-message-size", "1048576"], {})
+    client = ClientProtocol(Runtime(config, Address("127.0.0.1", 5432)), lambda c: None)
     client_transport = FakeTransport()
     client.connection_made(client_transport)
     client.data_received(startup_packet("alice"))
@@ -104,13 +102,13 @@ async def test_login_timer_cancelled_and_hot_path_unwrapped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     r = await relay(monkeypatch)
-    timer = r.client._login_timer
+    timer = r.client._startup._login_timer  # type: ignore[union-attr]
     assert timer is not None and not timer.cancelled()
     r.server.data_received(AUTH_OK)
     assert not timer.cancelled()
     assert r.server._feed != r.session.backend.feed  # type: ignore[union-attr]
     r.server.data_received(READY)
-    assert timer.cancelled() and r.client._login_timer is None
+    assert timer.cancelled() and r.client._startup._login_timer is None  # type: ignore[union-attr]
     assert r.server._feed == r.session.backend.feed  # type: ignore[union-attr]
     assert r.client_transport.written == [AUTH_OK, READY]
 

@@ -14,15 +14,16 @@ from collections.abc import Iterable
 
 import pytest
 
+from proxy.clean import CleanPlan
 from proxy.streams import (
     BackendStream,
     FrontendStream,
     Rewrite,
     SessionState,
-    ShapedStatement,
     SyntaxFix,
 )
-from proxy.wire import ProtocolViolation, build_fields, command_complete, message
+from proxy.wire import ProtocolViolation, build_fields, command_complete, message, query
+from proxy.wire import ready_for_query as ready
 
 MAX = 1 << 20
 
@@ -67,10 +68,6 @@ class HookDialect:
 # --- message builders ----------------------------------------------------------------
 
 
-def query(sql: bytes) -> bytes:
-    return message(b"Q", sql + b"\0")
-
-
 def parse(name: bytes, sql: bytes, oids: tuple[int, ...] = ()) -> bytes:
     params = struct.pack(f"!H{len(oids)}I", len(oids), *oids)
     return message(b"P", name + b"\0" + sql + b"\0" + params)
@@ -104,10 +101,6 @@ def copy_data(data: bytes) -> bytes:
 
 def function_call() -> bytes:
     return message(b"F", struct.pack("!IHHIH", 1598, 0, 1, 0, 0))
-
-
-def ready(status: bytes = b"I") -> bytes:
-    return message(b"Z", status)
 
 
 def row_description() -> bytes:
@@ -290,6 +283,15 @@ def test_backend_pass_through(mode: str) -> None:
     assert stream.at_message_boundary()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_backend_records_the_backend_pid(mode: str) -> None:
+    """BackendKeyData names the server process: the peer registry's key."""
+    state = SessionState()
+    stream = BackendStream(state)
+    assert feed(stream, split_modes(STARTUP_REPLY)[mode]) == STARTUP_REPLY
+    assert state.backend_pid == 1 and state.ready
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_prefixes_come_out_as_prefixes(seed: int) -> None:
     """With trailing bytes (an incomplete message at the end), what was sent so far is a
@@ -346,7 +348,7 @@ def test_backend_length_below_four(length: int) -> None:
 
 def _planned() -> SessionState:
     plans = ReplyPlans()
-    plans.for_group(0).renamed_slots[0] = ShapedStatement("CLEAN CONNECTION TO ALL")
+    plans.for_group(0).slots[0] = CleanPlan("CLEAN CONNECTION TO ALL").start()
     return plans
 
 
@@ -388,11 +390,11 @@ DO = b"DO $$begin perform 1; end$$"
 
 def rw(sql: bytes, *renamed: int, fix: SyntaxFix | None = None) -> Rewrite:
     """A Rewrite whose statements ``renamed`` (indexes) become CLEAN CONNECTION."""
-    return Rewrite(sql, tuple((i, f"statement {i}") for i in renamed), fix)
+    return Rewrite(sql, tuple((i, CleanPlan(f"statement {i}")) for i in renamed), fix)
 
 
 def slots(plans: SessionState) -> list[tuple[int, set[int]]]:
-    return [(p.group, set(p.renamed_slots)) for p in plans.queue]
+    return [(p.group, set(p.slots)) for p in plans.queue]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -13,8 +13,8 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.clean import CleanConnectionDialect
-from proxy.streams import BackendStream, FrontendStream, SessionState, ShapedStatement
+from proxy.clean import CleanConnectionDialect, CleanPlan
+from proxy.streams import BackendStream, FrontendStream, SessionState
 from proxy.wire import ProtocolViolation
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -124,7 +124,7 @@ def test_backend_never_raises_anything_but_protocol_violation(
     state = SessionState()
     if planned:
         plan = state.for_group(0)
-        plan.renamed_slots[0] = ShapedStatement("CLEAN CONNECTION TO ALL")
+        plan.slots[0] = CleanPlan("CLEAN CONNECTION TO ALL").start()
         plan.spans = ((0, 5, 50),)
     stream = BackendStream(state, lambda *args: None)
     stream.strip_scram_plus = strip
