@@ -47,7 +47,7 @@ from grammar.lexer import (
     is_word,
     string_value,
 )
-from grammar.og_scan import is_og_colid, scan_statement
+from grammar.og_scan import TokenStream, is_og_colid
 
 TARGETS = ("all", "node", "coordinator")
 
@@ -160,7 +160,7 @@ class CleanConnection:
 class _Parser:
     """Recursive descent over non-comment tokens; one token of lookahead (two after FOR)."""
 
-    def __init__(self, sql: str, tokens: Sequence[Token], eof_position: int) -> None:
+    def __init__(self, sql: str, tokens: Sequence[Token] | TokenStream, eof_position: int) -> None:
         self.sql = sql
         self.tokens = tokens
         self.eof_position = eof_position
@@ -174,9 +174,16 @@ class _Parser:
         return None if la is None else la[0]
 
     def _lookahead(self) -> tuple[Token, str | None, int] | None:
-        if self._la is None and self.index < len(self.tokens):
+        if self._la is None and self._tok(self.index) is not None:
             self._la = self._fetch(self.index)
         return self._la
+
+    def _tok(self, i: int) -> Token | None:
+        """Token ``i``, or None past the end (a lazy stream scans only as far as asked)."""
+        tokens = self.tokens
+        if isinstance(tokens, TokenStream):
+            return tokens.get(i)
+        return tokens[i] if i < len(tokens) else None
 
     def _fetch(self, i: int) -> tuple[Token, str | None, int]:
         """Like openGauss's ``base_yylex``: a scanner error surfaces when its token (or a
@@ -184,7 +191,8 @@ class _Parser:
         FIRST``, ``FORCE INDEX``, ``PARTITION FOR``...) become one token, located at the
         second word as openGauss reports it, which no rule here accepts. A pglast
         ``U&"..."`` token is decoded as PostgreSQL does, absorbing ``UESCAPE 'c'``."""
-        tok = self.tokens[i]
+        tok = self._tok(i)
+        assert tok is not None
         if tok.error is not None:
             raise tok.error
         if tok.name in _READ_AHEAD:
@@ -193,10 +201,10 @@ class _Parser:
                 return combined
         if tok.name != "UIDENT" or tok.value is not None:
             return tok, tok.value, i + 1
-        nxt = self.tokens[i + 1] if i + 1 < len(self.tokens) else None
+        nxt = self._tok(i + 1)
         if nxt is None or nxt.name != "UESCAPE":
             return tok, decode_uident(tok), i + 1
-        lit = self.tokens[i + 2] if i + 2 < len(self.tokens) else None
+        lit = self._tok(i + 2)
         if lit is None or lit.name != "SCONST":
             self._fail(lit, "UESCAPE must be followed by a simple string literal")
         assert lit is not None
@@ -210,9 +218,9 @@ class _Parser:
 
     def _ahead(self, i: int) -> Token | None:
         """Token ``i`` read ahead by the filter (its scanner error surfaces now)."""
-        if i >= len(self.tokens):
+        tok = self._tok(i)
+        if tok is None:
             return None
-        tok = self.tokens[i]
         if tok.error is not None:
             raise tok.error
         return tok
@@ -292,7 +300,7 @@ class _Parser:
         """After FOR: is the next token ``DATABASE`` followed by a name (bison's second
         token of lookahead; reading it can surface a scanner error, as in openGauss)?"""
         la = self._lookahead()
-        if la is None or la[0].name != "DATABASE" or la[2] >= len(self.tokens):
+        if la is None or la[0].name != "DATABASE" or self._tok(la[2]) is None:
             return False
         return is_og_colid(self._fetch(la[2])[0])
 
@@ -336,11 +344,14 @@ class _Parser:
         return tuple(names)
 
 
-def parse_tokens(sql: str, tokens: Sequence[Token], eof_position: int) -> CleanConnection:
+def parse_tokens(
+    sql: str, tokens: Sequence[Token] | TokenStream, eof_position: int
+) -> CleanConnection:
     """Parse one statement from its non-comment ``tokens`` (offsets into ``sql``).
 
-    ``tokens`` come from :func:`grammar.og_scan.scan_statement` (openGauss's reading; a
-    final ``ERROR`` token is raised when the parser reaches it) or, for compatibility,
+    ``tokens`` come from :class:`grammar.og_scan.TokenStream` (openGauss's reading, scanned
+    only as far as the parser reads; a scanner error is raised when the parser reaches
+    it), :func:`grammar.og_scan.scan_statement` (the same as a list) or, for compatibility,
     from pglast's scanner (:func:`grammar.lexer.scan`, comments removed; words are then
     still classified with openGauss's keyword table). They may end with the terminating
     ``;``; running out of tokens is reported as ``syntax error at end of input`` at
@@ -361,9 +372,7 @@ def parse_statement(
     or not) as openGauss does. Positions are 1-based over ``sql``; ``eof_position``
     defaults to ``len(sql) + 1``. Raises :class:`GrammarError`: the scanner's or the
     parser's error, whichever openGauss meets first."""
-    tokens = scan_statement(
-        sql, start, end, standard_conforming_strings=standard_conforming_strings
-    )
+    tokens = TokenStream(sql, start, end, standard_conforming_strings=standard_conforming_strings)
     eof = len(sql) + 1 if eof_position is None else eof_position
     return parse_tokens(sql, tokens, eof)
 

@@ -78,6 +78,11 @@ _NUMBERS = (
     (re.compile(r"[0-9]+(?:\.[0-9]+)*"), 0, "VCONST"),
 )
 _HEX = frozenset("0123456789abcdefABCDEF")
+_NEWLINE = re.compile(r"[\n\r]")
+_COMMENT_MARK = re.compile(r"/\*|\*/")
+_Q_BODY = re.compile(r"[^']*+")
+# a backslash takes the next character, even a quote (a lone one at the end is text)
+_E_BODY = re.compile(r"(?:[^\\']++|\\.)*+\\?", re.S)
 
 
 class _Stop(Exception):
@@ -96,7 +101,36 @@ def scan_statement(
     sql: str, start: int = 0, end: int | None = None, *, standard_conforming_strings: bool = True
 ) -> list[Token]:
     """The tokens of ``sql[start:end]`` as openGauss's scanner reads them (module doc)."""
-    return _Scanner(sql, start, len(sql) if end is None else end, standard_conforming_strings).run()
+    stream = TokenStream(sql, start, end, standard_conforming_strings=standard_conforming_strings)
+    stream.get(len(sql) + 1)
+    return stream.tokens
+
+
+class TokenStream:
+    """The same tokens, scanned only as far as :meth:`get` asks: a parser that fails early
+    (openGauss's does at the first bad token) never pays for the rest of the statement."""
+
+    __slots__ = ("_scanner", "_stopped", "tokens")
+
+    def __init__(
+        self,
+        sql: str,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        standard_conforming_strings: bool = True,
+    ) -> None:
+        self._scanner = _Scanner(
+            sql, start, len(sql) if end is None else end, standard_conforming_strings
+        )
+        self.tokens = self._scanner.tokens
+        self._stopped = False
+
+    def get(self, i: int) -> Token | None:
+        """Token ``i`` (an ``ERROR`` token ends the stream), or None past the end."""
+        while len(self.tokens) <= i and not self._stopped:
+            self._stopped = not self._scanner.step()
+        return self.tokens[i] if i < len(self.tokens) else None
 
 
 class _Scanner:
@@ -111,15 +145,15 @@ class _Scanner:
     def _emit(self, name: str, kind: str, start: int, end: int, value: str | None = None) -> None:
         self.tokens.append(Token(name, kind, start, end, self.sql[start:end], value))
 
-    def run(self) -> list[Token]:
+    def step(self) -> bool:
+        """Scan one more token; False once the statement (or a scanner error) ended it."""
         try:
-            while self._next():
-                pass
+            return self._next()
         except _Stop as stop:
             err = stop.error
             at = err.position - 1
             self.tokens.append(Token("ERROR", "NO_KEYWORD", at, at, "", None, err))
-        return self.tokens
+            return False
 
     # -- the rules -----------------------------------------------------------------------
     def _next(self) -> bool:
@@ -129,8 +163,8 @@ class _Scanner:
             if c in _SPACE:
                 pos += 1
             elif c == "-" and sql.startswith("--", pos):
-                nl = _find_newline(sql, pos, end)
-                pos = nl
+                m = _NEWLINE.search(sql, pos, end)
+                pos = end if m is None else m.start()
             elif c == "/" and sql.startswith("/*", pos):
                 pos = self._comment(pos)
             else:
@@ -174,18 +208,17 @@ class _Scanner:
     def _comment(self, pos: int) -> int:
         sql, end = self.sql, self.end
         depth, i = 0, pos + 2
-        while i < end:
-            if sql.startswith("*/", i):
-                if depth == 0:
-                    return i + 2
-                depth -= 1
-                i += 2
-            elif sql.startswith("/*", i):
+        while True:
+            m = _COMMENT_MARK.search(sql, i, end)
+            if m is None:
+                raise self._error("unterminated /* comment", pos, end)
+            i = m.end()
+            if m.group() == "/*":
                 depth += 1
-                i += 2
+            elif depth == 0:
+                return i
             else:
-                i += 1
-        raise self._error("unterminated /* comment", pos, end)
+                depth -= 1
 
     def _word(self, pos: int) -> None:
         m = _IDENT.match(self.sql, pos, self.end)
@@ -263,12 +296,13 @@ class _Scanner:
             return self._error(message, where, match_end)
 
         while i < n:
-            ch = body[i]
-            if ch != escape:
+            at = body.find(escape, i)
+            if at != i:  # plain text up to the next escape (or the end)
                 if pair_first:
                     raise fail("invalid Unicode surrogate pair", i)
-                out.append(ch)
-                i += 1
+                stop = n if at < 0 else at
+                out.append(body[i:stop])
+                i = stop
                 continue
             if i + 1 < n and body[i + 1] == escape:
                 if pair_first:
@@ -309,16 +343,11 @@ class _Scanner:
 
     def _string(self, pos: int, i: int, *, escape: bool, unicode: bool = False) -> None:
         sql, end = self.sql, self.end
+        body = _E_BODY if escape else _Q_BODY
         while True:
+            i = body.match(sql, i, end).end()  # type: ignore[union-attr]
             if i >= end:
                 raise self._error("unterminated quoted string", pos, end)
-            c = sql[i]
-            if c == "\\" and escape:
-                i += 2
-                continue
-            if c != "'":
-                i += 1
-                continue
             if i + 1 < end and sql[i + 1] == "'":
                 i += 2
                 continue
@@ -453,13 +482,6 @@ def is_og_colid(token: Token) -> bool:
     word = ascii_lower(token.text)
     entry = KEYWORDS.get(word)
     return entry is None or entry[1] in "UC" or word in GRAM_Y_UNRESERVED
-
-
-def _find_newline(sql: str, pos: int, end: int) -> int:
-    for i in range(pos, end):
-        if sql[i] in "\n\r":
-            return i
-    return end
 
 
 def _closed_quote(sql: str, pos: int, end: int) -> bool:
