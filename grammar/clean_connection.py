@@ -8,28 +8,29 @@ Accepted syntax (openGauss ``gram.y``, rule ``CleanConnStmt``)::
           [ FOR [ DATABASE ] dbname ]
           [ TO [ USER ] username ] [ ; ]
 
-Names are ``ColId``: a plain, quoted or ``U&"..."`` identifier, or an unreserved or
-col_name keyword (PostgreSQL's classification, as pglast reports it). As in the bison
-grammar, ``FOR DATABASE`` followed by something that cannot be a name reads ``DATABASE`` as
-the database name (``FOR DATABASE TO bob``: database ``database``).
+Names are ``ColId`` (``database_name``, ``RoleId`` and ``pgxcnode_name`` all are): a plain,
+quoted or ``U&"..."`` identifier, or a word openGauss's ``unreserved_keyword`` or
+``col_name_keyword`` lists (:mod:`grammar.og_keywords`, openGauss's kwlist.h). As in the
+bison grammar, ``FOR DATABASE`` followed by something that cannot be a name reads
+``DATABASE`` as the database name (``FOR DATABASE TO bob``: database ``database``).
 
-Choices, each mirroring what PostgreSQL does with the same tokens:
+Choices, each mirroring what openGauss does with the same text:
 
-* Identifier values: see :mod:`grammar.lexer` (ASCII-only case folding, ``""`` undoubled,
-  ``U&`` escapes with optional ``UESCAPE``, truncation to 63 UTF-8 bytes at a character
-  boundary for quoted and unquoted names alike, without the server's NOTICE).
+* Tokens: :mod:`grammar.og_scan` (openGauss's scan.l: ``#`` and ``$`` inside names,
+  ``9lives`` is two tokens, ``UESCAPE`` inside the scanner). A scanner error is reported
+  only when the parser reaches its token, or when openGauss's lookahead filter
+  (parser.cpp ``base_yylex``) reads that far ahead; two-word tokens of that filter
+  (``NULLS FIRST``, ``FORCE INDEX``, ``PARTITION FOR``...) fail at their second word.
+* Identifier values: ASCII-only case folding, ``""`` undoubled, ``U&`` escapes,
+  truncation to 63 UTF-8 bytes at a character boundary, without the server's NOTICE.
 * Errors are ``syntax error at or near "<token text as written>"`` at the token where no
-  valid continuation exists; a ``U&"..." UESCAPE '!'`` group counts as one token whose
-  text runs through the escape literal. When the tokens run out the error is
-  ``syntax error at end of input`` at the ``eof_position`` given by the caller: the length
-  of the whole query string plus one, as the server reports it (checked against
-  PostgreSQL 15). In a multi-statement string the terminating ``;`` is an ordinary token,
-  so an unfinished statement there fails ``at or near ";"``.
-* ``U&"..."`` errors (``invalid Unicode escape``, ``... escape value``, ``... surrogate
-  pair``, ``UESCAPE must be followed by a simple string literal``, ``invalid Unicode escape
-  character``) carry the server's messages and positions. Known gap: a ``UESCAPE`` literal
-  written with ``\\u`` escapes (``E'\\u0021'``) is not decoded and is reported as an
-  invalid escape character, where PostgreSQL would accept it.
+  valid continuation exists. When the tokens run out the error is ``syntax error at end
+  of input`` at the ``eof_position`` given by the caller: the length of the whole query
+  string plus one, as the server reports it. In a multi-statement string the terminating
+  ``;`` is an ordinary token, so an unfinished statement there fails ``at or near ";"``.
+* :func:`parse_tokens` also takes pglast's tokens (PostgreSQL's reading, kept for
+  callers that have them): words are then still classified with openGauss's table, and a
+  ``U&"..." UESCAPE 'c'`` group is decoded as PostgreSQL 13+ does.
 """
 
 from __future__ import annotations
