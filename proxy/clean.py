@@ -30,7 +30,7 @@ from pglast.parser import ParseError, parse_sql
 
 from grammar import CleanConnection, GrammarError, might_contain_clean
 from grammar.clean_connection import parse_tokens
-from grammar.og_scan import scan_statement
+from grammar.og_scan import TokenStream
 from grammar.outline import (
     CLEAN_WORDS,
     MAX_LEAD_STATEMENT,
@@ -279,13 +279,14 @@ def _parse_lead(
     stop = _statement_bytes(text, lead)
     source = text.decode(lead.start, stop)
     codec = text.codec or "ascii"
-    tokens = scan_statement(source, standard_conforming_strings=standard_conforming_strings)
+    stream = TokenStream(source, standard_conforming_strings=standard_conforming_strings)
     parsed = _Parsed(lead, stop, char_start)
     try:
-        parsed.clean = parse_tokens(source, tokens, total - char_start + 1)
+        parsed.clean = parse_tokens(source, stream, total - char_start + 1)
     except GrammarError as exc:
         parsed.error = GrammarError(exc.message, exc.position + char_start)
         return parsed
+    tokens = stream.tokens  # all of them: the parser read to the end
     last = tokens[-2] if tokens[-1].name == "ASCII_59" and len(tokens) > 1 else tokens[-1]
     parsed.body_end = lead.start + len(source[: last.end].encode(codec))
     return parsed

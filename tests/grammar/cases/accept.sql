@@ -131,8 +131,8 @@ clean connection to all for db /* trailing */ -- and another
 clean connection to all for database sales#2024
 -- expect: CLEAN CONNECTION TO ALL FOR DATABASE "sales#2024"
 
-clean connection to all for Sales#2024$Q3 to user Ops#1
--- expect: CLEAN CONNECTION TO ALL FOR DATABASE "sales#2024$q3" TO USER "ops#1"
+clean connection to all for Sales#Q$2024 to user Ops#1
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "sales#q$2024" TO USER "ops#1"
 
 clean connection to node (cn#1, dn$2#)
 -- expect: CLEAN CONNECTION TO NODE ("cn#1", "dn$2#")
