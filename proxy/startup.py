@@ -14,16 +14,13 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from .logfmt import value
-from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, StartupAction
+from .runtime import Runtime
+from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
 from .upstream import UpstreamError, connect_upstream, forward_cancel
 from .wire import ProtocolViolation, StartupKind, StartupPacket, error_response
-
-if TYPE_CHECKING:
-    from .relay import ClientProtocol
-    from .runtime import Runtime
 
 log = logging.getLogger("pgdp.session")
 
@@ -45,6 +42,39 @@ class PlaintextAfterEncryptionRequest(ProtocolViolation):
         super().__init__(f"received unencrypted data after {what}")
 
 
+class Client(Protocol):
+    """What the startup needs of its client connection (:class:`proxy.relay.ClientProtocol`)."""
+
+    session: Session
+    ending: bool  # the proxy ends the connection and has logged why
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+
+    def is_closed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def end(self, error: bytes) -> None:
+        """Tell the client ``error`` where possible and close both legs."""
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def encrypted(self, transport: asyncio.Transport) -> None:
+        """The TLS handshake succeeded: read on from ``transport``."""
+
+    def server_leg(self) -> Any:
+        """A new asyncio Protocol for the upstream connection."""
+
+    def start_relay(
+        self, server: Any, server_transport: asyncio.Transport, encrypted: bool
+    ) -> None:
+        """The upstream connection is open: relay from now on."""
+
+    def relay_startup_rest(self, rest: bytes) -> None:
+        """Relay what came after the StartupMessage, and read on."""
+
+
 class ClientStartup:
     """The startup of one client connection (see the module docstring).
 
@@ -56,7 +86,7 @@ class ClientStartup:
 
     def __init__(
         self,
-        client: ClientProtocol,
+        client: Client,
         runtime: Runtime,
         on_refused: Callable[[], None] | None,
     ) -> None:
