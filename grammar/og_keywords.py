@@ -1,8 +1,9 @@
 """openGauss's keyword table, as data: word, token name, category.
 
 Origin: openGauss-server ``src/include/parser/kwlist.h`` (github.com/opengauss-mirror/
-openGauss-server, master at commit 7e1fc94a27e6be1b887285f08b633568f0bd477a, 2025-08-01;
-the file last changed in ad5383dca65f3897d43dc980142e9bf24299fe83). Every ``PG_KEYWORD``
+openGauss-server, master at commit 7e1fc94a27e6be1b887285f08b633568f0bd477a of
+2025-08-01, ``git describe``: v5.1.0-4479-g7e1fc94a2; the file last changed in
+ad5383dca65f3897d43dc980142e9bf24299fe83). Every ``PG_KEYWORD``
 entry is listed, those under ``#ifdef PGXC`` (always defined in openGauss) and
 ``#ifndef ENABLE_MULTIPLE_NODES`` (the single-node build) included.
 
