@@ -6,6 +6,8 @@ in texts the outline gives up on included); every accepted one is rewritten."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from grammar.outline import OutlineScanner
 from proxy.clean import rewrite_text
@@ -78,3 +80,18 @@ def test_dollar_after_a_digit_is_passed_through() -> None:
     quote): certain or nothing, the statement goes unchanged and gets no fix."""
     result = rewrite("clean connection to all for sales#2024$q")
     assert result is None or (result.sql is None and result.syntax_fix is None)
+
+
+_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(_CHARS, max_size=60), st.sampled_from(["clean ", "CLEAN CONNECTION ", "clean"]))
+def test_any_clean_text_is_rewritten_or_fixed_or_passed(text: str, head: str) -> None:
+    sql = PREFIX + head + text
+    result = rewrite(sql)
+    if result is not None and result.syntax_fix is not None:
+        fix = result.syntax_fix
+        assert fix.server_position == str(len(PREFIX) + 1).encode()
+        assert 1 <= int(fix.position) <= len(sql) + 1
+        assert result.sql is None
