@@ -33,9 +33,10 @@ from pglast.parser import ParseError, parse_sql
 
 from grammar import CleanConnection, GrammarError, might_contain_clean
 from grammar.clean_connection import parse_tokens
-from grammar.lexer import COMMENT_NAMES, from_raw, scan_raw
+from grammar.og_scan import TokenStream
 from grammar.outline import (
     CLEAN_WORDS,
+    MAX_LEAD_STATEMENT,
     TRACKING_WORDS,
     Lead,
     MaskedScanner,
@@ -163,7 +164,11 @@ def rewrite_text(
     gives at this moment.
     """
     if scan.uncertain:
-        return Rewrite(None, redefines=(None,)) if scan.tracking else None
+        fix = _uncertain_fix(buf, start, end, scan, encoding, settled)
+        forget: tuple[bytes | None, ...] = (None,) if scan.tracking else ()
+        if fix is not None:
+            return Rewrite(None, syntax_fix=fix, redefines=forget)
+        return Rewrite(None, redefines=forget) if scan.tracking else None
     if not scan.leads:
         return None
     text = _Text(buf, start, end, encoding)
@@ -175,31 +180,71 @@ def rewrite_text(
         return Rewrite(None, redefines=redefines)
     if any(lead.too_long or lead.after_routine or lead.index < 0 for lead in cleans):
         return Rewrite(None, redefines=redefines)
+    scs = scan.standard_conforming_strings
     try:
         positions = _char_positions(text, cleans)
         total = positions[-1]
         parsed = [
-            _parse_lead(text, lead, at, total)
+            _parse_lead(text, lead, at, total, scs)
             if lead.word == b"clean"
-            else _parse_explain_lead(text, lead, at, total)
+            else _parse_explain_lead(text, lead, at, total, scs)
             for lead, at in zip(cleans, positions, strict=False)
         ]
-    except (UnicodeError, LookupError, GrammarError):
+    except (UnicodeError, LookupError):
         return Rewrite(None, redefines=redefines)
-    statements = [p for p in parsed if p is not None]
+    statements = [p for p in parsed if p is not None]  # None: an EXPLAIN of something else
     if not statements:
         return Rewrite(None, redefines=redefines)
     errors = [p.error for p in statements if p.error is not None]
     if errors:
-        first = statements[0]
-        fix = SyntaxFix(
-            server_position=str(first.char_start + 1).encode(),
-            message=errors[0].message.encode(text.codec or "ascii", "replace"),
-            position=str(errors[0].position).encode(),
-        )
+        fix = _syntax_fix(text, statements[0].char_start, errors[0])
         return Rewrite(None, syntax_fix=fix, redefines=redefines)
     options = _Options(wait_seconds, check_seconds, without_force, peers)
     return _rewrite_valid(text, scan, statements, options, redefines)
+
+
+def _syntax_fix(text: _Text, clean_at: int, error: GrammarError) -> SyntaxFix:
+    """The server reports the whole string's syntax error at the first CLEAN token (the
+    character ``clean_at``); the client is told openGauss's ``error`` instead."""
+    return SyntaxFix(
+        server_position=str(clean_at + 1).encode(),
+        message=error.message.encode(text.codec or "ascii", "replace"),
+        position=str(error.position).encode(),
+    )
+
+
+def _uncertain_fix(
+    buf: bytes, start: int, end: int, scan: OutlineScanner, encoding: str, settled: bool
+) -> SyntaxFix | None:
+    """openGauss's error for a text the outline gave up on (an unterminated quote or
+    comment, a version-dependent token...), or None.
+
+    Statement starts found before the outline gave up are certain; the statement it gave
+    up in runs to the end of the text, as an unterminated quote or comment does. The
+    CLEAN statements are parsed in order until one fails (that is the fix: nothing in the
+    string runs either way, the server rejects it at the first CLEAN) or the outline's
+    certain part ends; a CLEAN that still parses there gets no fix.
+    """
+    cleans = [lead for lead in scan.leads if lead.word == b"clean"]
+    if not cleans:
+        return None
+    text = _Text(buf, start, end, encoding)
+    if not settled and (not text.is_ascii(start, end) or buf.find(b"\\", start, end) >= 0):
+        return None
+    try:
+        positions = _char_positions(text, cleans)
+        for lead, at in zip(cleans, positions, strict=False):
+            stop = lead.end if lead.end >= 0 else end
+            if lead.after_routine or lead.index < 0 or stop - lead.start > MAX_LEAD_STATEMENT:
+                return None
+            parsed = _parse_lead(text, lead, at, positions[-1], scan.standard_conforming_strings)
+            if parsed.error is not None:
+                return _syntax_fix(text, positions[0], parsed.error)
+            if lead.end < 0:
+                return None
+    except (UnicodeError, LookupError):
+        return None
+    return None
 
 
 def _nothing(scan: OutlineScanner) -> Rewrite | None:
@@ -241,21 +286,17 @@ def _may_explain(lead: Lead) -> bool:
     return lead.word == b"explain" and not (lead.too_long or lead.after_routine)
 
 
-def _parse_explain_lead(text: _Text, lead: Lead, char_start: int, total: int) -> _Parsed | None:
-    """Parse ``EXPLAIN CLEAN ...`` as its CLEAN statement (positions counted from CLEAN);
-    None for any other EXPLAIN, which is forwarded unchanged."""
-    stop = _statement_bytes(text, lead)
-    source = text.decode(lead.start, stop)
-    try:
-        tokens = [t for t in scan_raw(source) if t.name not in COMMENT_NAMES]
-    except (GrammarError, ValueError, TypeError):
-        # Not ours to judge (pglast's scanner may be stricter than the server's, and the
-        # lexer fails with TypeError on e'\777'): the statement goes unchanged, and an
-        # EXPLAIN CLEAN in it fails at CLEAN on the server.
+def _parse_explain_lead(
+    text: _Text, lead: Lead, char_start: int, total: int, standard_conforming_strings: bool
+) -> _Parsed | None:
+    """Parse ``EXPLAIN CLEAN ...`` as its CLEAN statement (positions over the whole text,
+    the server's syntax error expected at CLEAN); None for any other EXPLAIN, which is
+    forwarded unchanged. Only EXPLAIN's next token is scanned before deciding."""
+    source = text.decode(lead.start, _statement_bytes(text, lead))
+    second = TokenStream(source, standard_conforming_strings=standard_conforming_strings).get(1)
+    if second is None or second.name != "CLEAN":
         return None
-    if len(tokens) < 2 or source[tokens[1].start : tokens[1].end + 1].lower() != "clean":
-        return None
-    at = tokens[1].start
+    at = second.start
     clean_lead = Lead(
         b"clean",
         lead.start + len(source[:at].encode(text.codec or "ascii")),
@@ -263,16 +304,18 @@ def _parse_explain_lead(text: _Text, lead: Lead, char_start: int, total: int) ->
         lead.end,
         lead.after_routine,
     )
-    parsed = _parse_lead(text, clean_lead, char_start + at, total)
-    if parsed is not None:
-        parsed.explain = True
-        parsed.body_start = lead.start
-        parsed.lead_char_start = char_start
+    parsed = _parse_lead(text, clean_lead, char_start + at, total, standard_conforming_strings)
+    parsed.explain = True
+    parsed.body_start = lead.start
+    parsed.lead_char_start = char_start
     return parsed
 
 
 def _statement_bytes(text: _Text, lead: Lead) -> int:
-    """The end of the lead statement's text, its terminating ``;`` included."""
+    """The end of the lead statement's text, its terminating ``;`` included (the end of
+    the text when the outline gave up inside it)."""
+    if lead.end < 0:
+        return text.end
     return lead.end + 1 if lead.end < text.end and text.buf[lead.end] == 0x3B else lead.end
 
 
@@ -289,24 +332,26 @@ def _char_positions(text: _Text, leads: list[Lead]) -> list[int]:
     return positions
 
 
-def _parse_lead(text: _Text, lead: Lead, char_start: int, total: int) -> _Parsed | None:
-    """Parse one statement starting with ``clean`` (``char_start`` characters into a text
-    of ``total``); None if it is not CLEAN CONNECTION."""
+def _parse_lead(
+    text: _Text, lead: Lead, char_start: int, total: int, standard_conforming_strings: bool
+) -> _Parsed:
+    """Parse one statement starting with the word ``clean`` (``char_start`` characters
+    into a text of ``total``) as openGauss does: a valid CLEAN CONNECTION, or the error
+    openGauss reports for it (whatever follows ``clean``; positions over the whole text).
+    UnicodeError/LookupError when the statement does not decode strictly."""
     stop = _statement_bytes(text, lead)
     source = text.decode(lead.start, stop)
-    tokens = [t for t in scan_raw(source) if t.name not in COMMENT_NAMES]
-    if len(tokens) < 2 or tokens[1].name != "CONNECTION":
-        return None
-    last = tokens[-2] if tokens[-1].name == "ASCII_59" and len(tokens) > 2 else tokens[-1]
     codec = text.codec or "ascii"
-    body_end = lead.start + len(source[: last.end + 1].encode(codec))
-    parsed = _Parsed(lead, body_end, char_start)
+    stream = TokenStream(source, standard_conforming_strings=standard_conforming_strings)
+    parsed = _Parsed(lead, stop, char_start)
     try:
-        parsed.clean = parse_tokens(
-            source, [from_raw(source, t) for t in tokens], total - char_start + 1
-        )
+        parsed.clean = parse_tokens(source, stream, total - char_start + 1)
     except GrammarError as exc:
         parsed.error = GrammarError(exc.message, exc.position + char_start)
+        return parsed
+    tokens = stream.tokens  # all of them: the parser read to the end
+    last = tokens[-2] if tokens[-1].name == "ASCII_59" and len(tokens) > 1 else tokens[-1]
+    parsed.body_end = lead.start + len(source[: last.end].encode(codec))
     return parsed
 
 
