@@ -97,3 +97,22 @@ def test_an_explain_the_scanner_rejects_does_not_stop_other_cleans() -> None:
         result = rewrite(b"EXPLAIN SELECT " + bad + b"; CLEAN CONNECTION TO ALL TO u")
         assert result is not None
         assert [type(plan) for _, plan in result.planned] == [CleanPlan]
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "position"),
+    [
+        (b"EXPLAIN CLEAN CONNECTIONS TO ALL FOR sales", b'at or near "CONNECTIONS"', b"15"),
+        (b"EXPLAIN CLEAN", b"syntax error at end of input", b"14"),
+    ],
+)
+def test_openGauss_errors_after_explain(text: bytes, message: bytes, position: bytes) -> None:
+    result = rewrite(text)
+    assert result is not None and result.syntax_fix is not None
+    assert result.syntax_fix.server_position == b"9"
+    assert message in result.syntax_fix.message and result.syntax_fix.position == position
+
+
+def test_openGauss_names_after_explain() -> None:
+    result = rewrite(b"select 1; EXPLAIN CLEAN CONNECTION TO ALL FOR sales#2024")
+    assert result is not None and result.planned == ((1, EXPLAIN_PLAN),)
