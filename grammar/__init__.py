@@ -3,7 +3,7 @@
 The proxy depends on exactly these names; see each module for its contract.
 """
 
-from grammar.clean_connection import CleanConnection, parse_clean_connection
+from grammar.clean_connection import CleanConnection, parse_clean_connection, parse_statement
 from grammar.errors import GrammarError
 from grammar.statements import (
     Statement,
@@ -19,5 +19,6 @@ __all__ = [
     "find_clean_statements",
     "might_contain_clean",
     "parse_clean_connection",
+    "parse_statement",
     "split_statements",
 ]

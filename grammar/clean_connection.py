@@ -8,28 +8,29 @@ Accepted syntax (openGauss ``gram.y``, rule ``CleanConnStmt``)::
           [ FOR [ DATABASE ] dbname ]
           [ TO [ USER ] username ] [ ; ]
 
-Names are ``ColId``: a plain, quoted or ``U&"..."`` identifier, or an unreserved or
-col_name keyword (PostgreSQL's classification, as pglast reports it). As in the bison
-grammar, ``FOR DATABASE`` followed by something that cannot be a name reads ``DATABASE`` as
-the database name (``FOR DATABASE TO bob``: database ``database``).
+Names are ``ColId`` (``database_name``, ``RoleId`` and ``pgxcnode_name`` all are): a plain,
+quoted or ``U&"..."`` identifier, or a word openGauss's ``unreserved_keyword`` or
+``col_name_keyword`` lists (:mod:`grammar.og_keywords`, openGauss's kwlist.h). As in the
+bison grammar, ``FOR DATABASE`` followed by something that cannot be a name reads
+``DATABASE`` as the database name (``FOR DATABASE TO bob``: database ``database``).
 
-Choices, each mirroring what PostgreSQL does with the same tokens:
+Choices, each mirroring what openGauss does with the same text:
 
-* Identifier values: see :mod:`grammar.lexer` (ASCII-only case folding, ``""`` undoubled,
-  ``U&`` escapes with optional ``UESCAPE``, truncation to 63 UTF-8 bytes at a character
-  boundary for quoted and unquoted names alike, without the server's NOTICE).
+* Tokens: :mod:`grammar.og_scan` (openGauss's scan.l: ``#`` and ``$`` inside names,
+  ``9lives`` is two tokens, ``UESCAPE`` inside the scanner). A scanner error is reported
+  only when the parser reaches its token, or when openGauss's lookahead filter
+  (parser.cpp ``base_yylex``) reads that far ahead; two-word tokens of that filter
+  (``NULLS FIRST``, ``FORCE INDEX``, ``PARTITION FOR``...) fail at their second word.
+* Identifier values: ASCII-only case folding, ``""`` undoubled, ``U&`` escapes,
+  truncation to 63 UTF-8 bytes at a character boundary, without the server's NOTICE.
 * Errors are ``syntax error at or near "<token text as written>"`` at the token where no
-  valid continuation exists; a ``U&"..." UESCAPE '!'`` group counts as one token whose
-  text runs through the escape literal. When the tokens run out the error is
-  ``syntax error at end of input`` at the ``eof_position`` given by the caller: the length
-  of the whole query string plus one, as the server reports it (checked against
-  PostgreSQL 15). In a multi-statement string the terminating ``;`` is an ordinary token,
-  so an unfinished statement there fails ``at or near ";"``.
-* ``U&"..."`` errors (``invalid Unicode escape``, ``... escape value``, ``... surrogate
-  pair``, ``UESCAPE must be followed by a simple string literal``, ``invalid Unicode escape
-  character``) carry the server's messages and positions. Known gap: a ``UESCAPE`` literal
-  written with ``\\u`` escapes (``E'\\u0021'``) is not decoded and is reported as an
-  invalid escape character, where PostgreSQL would accept it.
+  valid continuation exists. When the tokens run out the error is ``syntax error at end
+  of input`` at the ``eof_position`` given by the caller: the length of the whole query
+  string plus one, as the server reports it. In a multi-statement string the terminating
+  ``;`` is an ordinary token, so an unfinished statement there fails ``at or near ";"``.
+* :func:`parse_tokens` also takes pglast's tokens (PostgreSQL's reading, kept for
+  callers that have them): words are then still classified with openGauss's table, and a
+  ``U&"..." UESCAPE 'c'`` group is decoded as PostgreSQL 13+ does.
 """
 
 from __future__ import annotations
@@ -39,19 +40,48 @@ from dataclasses import dataclass
 
 from grammar.errors import GrammarError
 from grammar.lexer import (
-    COMMENT_NAMES,
     MAX_IDENTIFIER_BYTES,
     Token,
     check_uescape_char,
     decode_uident,
     identifier_value,
-    is_colid,
     is_word,
-    scan,
     string_value,
 )
+from grammar.og_scan import TokenStream, is_og_colid
 
 TARGETS = ("all", "node", "coordinator")
+
+# openGauss parser.cpp ``base_yylex``: a token of the key, followed by one of the value,
+# is read as one token (``NULLS FIRST`` -> ``NULLS_FIRST``).
+_COMBINE: dict[str, frozenset[str]] = {
+    "NULLS_P": frozenset({"FIRST_P", "LAST_P"}),
+    "NOT": frozenset({"ENFORCED", "IN_P", "BETWEEN", "LIKE", "ILIKE", "SIMILAR"}),
+    "EVENT": frozenset({"TRIGGER"}),
+    "WITH": frozenset({"TIME"}),
+    "INCLUDING": frozenset({"ALL"}),
+    "RENAME": frozenset({"PARTITION"}),
+    "PARTITION": frozenset({"FOR"}),
+    "SUBPARTITION": frozenset({"FOR"}),
+    "ADD_P": frozenset({"PARTITION", "SUBPARTITION"}),
+    "DROP": frozenset({"PARTITION", "SUBPARTITION"}),
+    "REBUILD": frozenset({"PARTITION"}),
+    "MODIFY_P": frozenset({"PARTITION"}),
+    "VALID": frozenset({"BEGIN_P"}),
+    "START": frozenset({"WITH"}),
+    "CONNECT": frozenset({"BY"}),
+    "SHOW": frozenset({"ERRORS"}),
+    "USE_P": frozenset({"KEY", "INDEX"}),
+    "FORCE": frozenset({"KEY", "INDEX"}),
+    "IGNORE": frozenset({"KEY", "INDEX"}),
+    "STATIC_P": frozenset({"FUNCTION", "PROCEDURE"}),
+    "MEMBER": frozenset({"FUNCTION", "PROCEDURE"}),
+    "CONSTRUCTOR": frozenset({"FUNCTION"}),
+    "MAP": frozenset({"MEMBER"}),
+    "SELF": frozenset({"INOUT"}),
+}
+_DECLARE_CURSOR = frozenset({"CURSOR", "BINARY", "INSENSITIVE", "NO", "SCROLL"})
+_READ_AHEAD = frozenset(_COMBINE) | {"DECLARE", "ON", "LATERAL_P", "CURSOR"}
 
 
 def quote_identifier(name: str) -> str:
@@ -131,7 +161,7 @@ class CleanConnection:
 class _Parser:
     """Recursive descent over non-comment tokens; one token of lookahead (two after FOR)."""
 
-    def __init__(self, sql: str, tokens: Sequence[Token], eof_position: int) -> None:
+    def __init__(self, sql: str, tokens: Sequence[Token] | TokenStream, eof_position: int) -> None:
         self.sql = sql
         self.tokens = tokens
         self.eof_position = eof_position
@@ -145,20 +175,37 @@ class _Parser:
         return None if la is None else la[0]
 
     def _lookahead(self) -> tuple[Token, str | None, int] | None:
-        if self._la is None and self.index < len(self.tokens):
+        if self._la is None and self._tok(self.index) is not None:
             self._la = self._fetch(self.index)
         return self._la
 
+    def _tok(self, i: int) -> Token | None:
+        """Token ``i``, or None past the end (a lazy stream scans only as far as asked)."""
+        tokens = self.tokens
+        if isinstance(tokens, TokenStream):
+            return tokens.get(i)
+        return tokens[i] if i < len(tokens) else None
+
     def _fetch(self, i: int) -> tuple[Token, str | None, int]:
-        """Like PostgreSQL's ``base_yylex``: a ``U&"..."`` identifier is decoded as soon as
-        it is fetched, absorbing a following ``UESCAPE 'c'``."""
-        tok = self.tokens[i]
-        if tok.name != "UIDENT":
-            return tok, None, i + 1
-        nxt = self.tokens[i + 1] if i + 1 < len(self.tokens) else None
+        """Like openGauss's ``base_yylex``: a scanner error surfaces when its token (or a
+        token the lookahead filter reads ahead) is fetched; two-word tokens (``NULLS
+        FIRST``, ``FORCE INDEX``, ``PARTITION FOR``...) become one token, located at the
+        second word as openGauss reports it, which no rule here accepts. A pglast
+        ``U&"..."`` token is decoded as PostgreSQL does, absorbing ``UESCAPE 'c'``."""
+        tok = self._tok(i)
+        assert tok is not None
+        if tok.error is not None:
+            raise tok.error
+        if tok.name in _READ_AHEAD:
+            combined = self._filter(tok, i)
+            if combined is not None:
+                return combined
+        if tok.name != "UIDENT" or tok.value is not None:
+            return tok, tok.value, i + 1
+        nxt = self._tok(i + 1)
         if nxt is None or nxt.name != "UESCAPE":
             return tok, decode_uident(tok), i + 1
-        lit = self.tokens[i + 2] if i + 2 < len(self.tokens) else None
+        lit = self._tok(i + 2)
         if lit is None or lit.name != "SCONST":
             self._fail(lit, "UESCAPE must be followed by a simple string literal")
         assert lit is not None
@@ -169,6 +216,39 @@ class _Parser:
         value = decode_uident(tok, escape)
         merged = Token("UIDENT", tok.kind, tok.start, lit.end, self.sql[tok.start : lit.end])
         return merged, value, i + 3
+
+    def _ahead(self, i: int) -> Token | None:
+        """Token ``i`` read ahead by the filter (its scanner error surfaces now)."""
+        tok = self._tok(i)
+        if tok is None:
+            return None
+        if tok.error is not None:
+            raise tok.error
+        return tok
+
+    def _filter(self, tok: Token, i: int) -> tuple[Token, str | None, int] | None:
+        """openGauss's lookahead filter for ``tok`` (parser.cpp ``base_yylex``)."""
+        nxt = self._ahead(i + 1)
+        if nxt is None:
+            return None
+        if tok.name in ("DECLARE", "ON"):  # two tokens read ahead; only the name changes
+            after = self._ahead(i + 2)
+            if tok.name == "DECLARE" and after is not None and after.name in _DECLARE_CURSOR:
+                return tok._replace(name="DECLARE_CURSOR", kind="COMBINED"), None, i + 1
+            return None
+        if tok.name == "LATERAL_P":
+            if nxt.name == "IDENT":
+                after = self._ahead(i + 2)
+                if after is not None and after.name == "ASCII_40":
+                    return tok._replace(name="LATERAL_EXPR", kind="COMBINED"), None, i + 1
+            return None
+        if tok.name == "CURSOR":
+            if nxt.name == "ASCII_40":
+                self._ahead(i + 2)
+            return None
+        if nxt.name in _COMBINE.get(tok.name, ()):
+            return nxt._replace(name=f"{tok.name}_{nxt.name}", kind="COMBINED"), None, i + 2
+        return None
 
     def advance(self) -> tuple[Token, str | None]:
         la = self._lookahead()
@@ -203,18 +283,27 @@ class _Parser:
             raise self.error()
 
     def accept_word(self, word: str) -> bool:
+        """Accept the unquoted word ``word`` (an identifier or a keyword, any case)."""
         tok = self.peek()
-        if tok is not None and tok.name == "IDENT" and is_word(tok, word):
+        if tok is not None and tok.kind != "COMBINED" and is_word(tok, word):
             self.advance()
             return True
         return False
 
     def name(self) -> str:
         tok = self.peek()
-        if tok is None or not is_colid(tok):
+        if tok is None or not is_og_colid(tok):
             raise self.error()
         tok, value = self.advance()
         return value if value is not None else identifier_value(tok)
+
+    def _database_keyword_then_name(self) -> bool:
+        """After FOR: is the next token ``DATABASE`` followed by a name (bison's second
+        token of lookahead; reading it can surface a scanner error, as in openGauss)?"""
+        la = self._lookahead()
+        if la is None or la[0].name != "DATABASE" or self._tok(la[2]) is None:
+            return False
+        return is_og_colid(self._fetch(la[2])[0])
 
     # -- grammar --------------------------------------------------------------------------
     def statement(self) -> CleanConnection:
@@ -236,13 +325,7 @@ class _Parser:
             raise self.error()
         database = user = None
         if self.accept("FOR"):
-            tok = self.peek()
-            if (
-                tok is not None
-                and tok.name == "DATABASE"
-                and self.index + 1 < len(self.tokens)
-                and is_colid(self.tokens[self.index + 1])
-            ):
+            if self._database_keyword_then_name():
                 self.advance()
             database = self.name()
         if self.accept("TO"):
@@ -262,13 +345,37 @@ class _Parser:
         return tuple(names)
 
 
-def parse_tokens(sql: str, tokens: Sequence[Token], eof_position: int) -> CleanConnection:
+def parse_tokens(
+    sql: str, tokens: Sequence[Token] | TokenStream, eof_position: int
+) -> CleanConnection:
     """Parse one statement from its non-comment ``tokens`` (offsets into ``sql``).
 
-    ``tokens`` may end with the terminating ``;``; running out of tokens is reported as
-    ``syntax error at end of input`` at ``eof_position`` (1-based).
+    ``tokens`` come from :class:`grammar.og_scan.TokenStream` (openGauss's reading, scanned
+    only as far as the parser reads; a scanner error is raised when the parser reaches
+    it), :func:`grammar.og_scan.scan_statement` (the same as a list) or, for compatibility,
+    from pglast's scanner (:func:`grammar.lexer.scan`, comments removed; words are then
+    still classified with openGauss's keyword table). They may end with the terminating
+    ``;``; running out of tokens is reported as ``syntax error at end of input`` at
+    ``eof_position`` (1-based).
     """
     return _Parser(sql, tokens, eof_position).statement()
+
+
+def parse_statement(
+    sql: str,
+    start: int = 0,
+    end: int | None = None,
+    eof_position: int | None = None,
+    *,
+    standard_conforming_strings: bool = True,
+) -> CleanConnection:
+    """Parse ``sql[start:end]`` (one statement starting with ``clean``, its ``;`` included
+    or not) as openGauss does. Positions are 1-based over ``sql``; ``eof_position``
+    defaults to ``len(sql) + 1``. Raises :class:`GrammarError`: the scanner's or the
+    parser's error, whichever openGauss meets first."""
+    tokens = TokenStream(sql, start, end, standard_conforming_strings=standard_conforming_strings)
+    eof = len(sql) + 1 if eof_position is None else eof_position
+    return parse_tokens(sql, tokens, eof)
 
 
 def parse_clean_connection(sql: str) -> CleanConnection:
@@ -277,5 +384,6 @@ def parse_clean_connection(sql: str) -> CleanConnection:
     Raises :class:`GrammarError` (positions relative to ``sql``) for anything else,
     including text after the ``;`` and strings the scanner rejects.
     """
-    tokens = [t for t in scan(sql) if t.name not in COMMENT_NAMES]
-    return parse_tokens(sql, tokens, len(sql) + 1)
+    if "\x00" in sql:
+        raise GrammarError("invalid message format", sql.index("\x00") + 1)
+    return parse_statement(sql)

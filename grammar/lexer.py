@@ -42,13 +42,18 @@ _SCANNER_SPACE = frozenset(" \t\n\r\f\v")
 class Token(NamedTuple):
     """One scanner token: pglast's token ``name`` (``IDENT``, ``SCONST``, ``ASCII_59`` for
     ``;``, ``TO``...), keyword ``kind`` (``NO_KEYWORD``, ``UNRESERVED_KEYWORD``...),
-    character offsets ``[start, end)`` and the source ``text``."""
+    character offsets ``[start, end)`` and the source ``text``.
+
+    Tokens of :mod:`grammar.og_scan` may also carry the decoded name of a quoted identifier
+    (``value``), and a scanner ``error`` (a last token with name ``ERROR``)."""
 
     name: str
     kind: str
     start: int
     end: int
     text: str
+    value: str | None = None
+    error: GrammarError | None = None
 
 
 def scan(sql: str) -> list[Token]:

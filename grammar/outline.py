@@ -4,8 +4,8 @@
 to rewrite. It does not tokenize the text; it finds what decides where a statement can
 start — quoted strings, quoted identifiers, dollar quotes and comments, with PostgreSQL's
 lexical rules (``scan.l``) — and reports the statements whose first word is one of a few
-*lead words* (``clean``; ``deallocate``, ``prepare``, ``discard`` on request), with their
-byte extents. Only those statements are ever decoded and given to pglast's scanner.
+*lead words* (``clean``, ``explain``; ``deallocate``, ``prepare``, ``discard`` on request),
+with their byte extents. Only those statements are ever decoded and given to pglast's scanner.
 
 Contract:
 
@@ -47,8 +47,8 @@ DECISION_ALLOWANCE = 10_000
 DECISIONS_PER_BYTE = 1 / 16
 MAX_LEADS = 1_000
 
-CLEAN_WORDS = frozenset({b"clean"})
-TRACKING_WORDS = frozenset({b"clean", b"deallocate", b"prepare", b"discard"})
+CLEAN_WORDS = frozenset({b"clean", b"explain"})  # CLEAN ... and EXPLAIN CLEAN ...
+TRACKING_WORDS = CLEAN_WORDS | {b"deallocate", b"prepare", b"discard"}
 _ROUTINE_WORD = b"create"
 _LONGEST_WORD = 10  # len(b"deallocate")
 _ROUTINE_WINDOW = 256
@@ -251,7 +251,7 @@ class OutlineScanner:
     @property
     def tracking(self) -> bool:
         """True when statements that redefine prepared statements are looked for."""
-        return len(self._words) > 1
+        return b"deallocate" in self._words
 
     @property
     def found(self) -> bool:

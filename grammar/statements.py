@@ -3,7 +3,8 @@
 Contract:
 
 * :func:`might_contain_clean` is the hot-path byte pre-test: False means the body certainly
-  holds no ``CLEAN CONNECTION`` statement (both words must appear, in any ASCII case).
+  holds no statement starting with the word ``clean`` (any ASCII case); every such
+  statement is the proxy's, valid or not (an invalid one gets openGauss's error).
 * :func:`split_statements` cuts the string at each top-level ``;`` into spans that tile it
   exactly (each span includes its ``;``; whitespace and comments before a statement belong
   to it). ``;`` inside a SQL-standard routine body (``CREATE [OR REPLACE] FUNCTION|PROCEDURE
@@ -21,20 +22,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grammar.clean_connection import CleanConnection, parse_tokens
+from grammar.clean_connection import CleanConnection, parse_statement
 from grammar.errors import GrammarError
-from grammar.lexer import RawToken, ascii_lower, from_raw, scan_raw
+from grammar.lexer import RawToken, ascii_lower, scan_raw
 
 
 def might_contain_clean(body: bytes) -> bool:
     """Cheap test on a raw Query/Parse body (any client encoding, NULs allowed).
 
-    False => certainly no CLEAN CONNECTION statement; True => worth scanning.
+    False => certainly no statement starting with ``clean``; True => worth scanning.
     """
     # bytes.find is measurably cheaper than the ``in`` operator on CPython 3.11.
-    lowered = body.lower()
-    at = lowered.find(b"clean")
-    return at >= 0 and lowered.find(b"connection", at + 5) >= 0
+    return body.lower().find(b"clean") >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +156,11 @@ def _statement(
         or ascii_lower(sql[head.start : head.end + 1]) != "clean"
     ):
         return Statement(start, end, body_start, body_end, False)
-    body = [
-        from_raw(sql, t)
-        for t in tokens[first : stop + 1]
-        if t.name != "C_COMMENT" and t.name != "SQL_COMMENT"
-    ]
+    # Read again as openGauss's scanner reads it ("#" in names, its keywords, its errors);
+    # statement boundaries are the same for both scanners.
+    stop_at = tokens[stop].end + 1 if stop < len(tokens) else end
     try:
-        clean = parse_tokens(sql, body, len(sql) + 1)
+        clean = parse_statement(sql, tokens[first].start, stop_at)
     except GrammarError as exc:
         return Statement(start, end, body_start, body_end, False, None, exc)
     return Statement(start, end, body_start, body_end, False, clean)

@@ -235,7 +235,12 @@ def _metrics_endpoint(config: Config, registry, refresh=None):  # type: ignore[n
 async def _serve(launch: _Launch) -> None:
     config, upstream, embedded = launch.config, launch.upstream, launch.embedded
     peers = PeerRegistry(launch.peers_dir)
-    dialect = CleanConnectionDialect(config.clean_wait_timeout, config.clean_check_timeout)
+    dialect = CleanConnectionDialect(
+        config.clean_wait_timeout,
+        config.clean_check_timeout,
+        without_force=config.clean_without_force,
+        peers=peers.snapshot,  # EXPLAIN and the audit show the real clients of every worker
+    )
     dialect.audit = AuditTrail(config.audit_log, peers)
     metrics = _make_metrics(launch, dialect)
     server = ProxyServer(
@@ -382,6 +387,7 @@ class _Reloader:
         self.server.reconfigure(dataclasses.replace(runtime, config=merged, tls=tls))
         self.dialect.wait_seconds = merged.clean_wait_timeout
         self.dialect.check_seconds = merged.clean_check_timeout
+        self.dialect.without_force = merged.clean_without_force
         self.dialect.audit.reopen(merged.audit_log)  # reopened: log rotation
         if self.metrics is not None:
             self.metrics.label_limit = merged.metrics_label_limit

@@ -3,12 +3,14 @@
 The frontend stream scans each Query/Parse text of a logged-in session with a
 :class:`~grammar.outline.OutlineScanner` (:meth:`CleanConnectionDialect.scanner`), then
 asks :func:`rewrite_text` for the rewrite. Only the statements the scan found starting
-with ``clean`` are decoded (strictly, in the session's client encoding) and parsed; every
-valid one is replaced, in place, by the ``DO`` block of :mod:`proxy.clean_program`, which
+with ``clean`` (or ``explain``) are decoded (strictly, in the session's client encoding) and
+parsed; every valid one is replaced, in place, by the ``DO`` block of
+:mod:`proxy.clean_program` (``EXPLAIN CLEAN CONNECTION``: by its ``SELECT``), which
 the server runs in the caller's own session with the caller's privileges (semantics in
 README.md, "CLEAN CONNECTION"). The proxy then shapes that statement's replies
 (:mod:`proxy.streams`): tag ``CLEAN CONNECTION``, no PL/pgSQL CONTEXT, and the final
-``INFO`` line with the counts is consumed for the audit record, never forwarded.
+``INFO`` line with the counts is consumed for the audit record, never forwarded
+(:class:`CleanPlan`); tag ``EXPLAIN`` and the statement's own errors (:class:`ExplainPlan`).
 
 Certain or nothing: whatever the scan or the decoding cannot judge exactly is forwarded
 unchanged, and the server rejects the unknown statement as a syntax error.
@@ -22,17 +24,18 @@ grammar's (``SyntaxFix``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 from pglast.enums import DiscardMode
 from pglast.parser import ParseError, parse_sql
 
 from grammar import CleanConnection, GrammarError, might_contain_clean
 from grammar.clean_connection import parse_tokens
-from grammar.lexer import COMMENT_NAMES, from_raw, scan_raw
+from grammar.og_scan import TokenStream
 from grammar.outline import (
     CLEAN_WORDS,
+    MAX_LEAD_STATEMENT,
     TRACKING_WORDS,
     Lead,
     MaskedScanner,
@@ -45,9 +48,12 @@ from .clean_program import (
     AUDIT_MARKER,
     DEFAULT_CHECK_SECONDS,
     DEFAULT_WAIT_SECONDS,
+    WITHOUT_FORCE_MODES,
+    explain_error,
+    render_explain,
     render_program,
 )
-from .streams import Fields, Rewrite, SessionState, SyntaxFix
+from .streams import Fields, ReplyShaping, Rewrite, SessionState, StatementPlan, SyntaxFix
 
 if TYPE_CHECKING:
     from .session import Session
@@ -139,6 +145,8 @@ def rewrite_text(
     settled: bool,
     wait_seconds: float,
     check_seconds: float,
+    without_force: str = "idle",
+    peers: Callable[[], Mapping[int, str]] | None = None,
 ) -> Rewrite | None:
     """The :class:`Rewrite` of the text ``buf[start:end]`` whose scan is finished, or None.
 
@@ -147,47 +155,99 @@ def rewrite_text(
     could be read differently by the time the server reads them (``settled`` false and
     non-ASCII bytes or backslashes in it), nothing is rewritten and the server rejects
     any CLEAN statement as a syntax error. ``wait_seconds`` bounds the wait for terminated
-    sessions to exit; ``check_seconds`` how long CHECK waits for other sessions to leave.
+    sessions to exit; ``check_seconds`` how long CHECK waits for other sessions to leave;
+    ``without_force`` what a statement without FORCE terminates (``idle`` or ``none``).
+    ``EXPLAIN CLEAN CONNECTION ...`` statements become the query of
+    :func:`~proxy.clean_program.render_explain`, with the client addresses ``peers()``
+    gives at this moment.
     """
     if scan.uncertain:
-        return Rewrite(None, redefines=(None,)) if scan.tracking else None
+        fix = _uncertain_fix(buf, start, end, scan, encoding, settled)
+        forget: tuple[bytes | None, ...] = (None,) if scan.tracking else ()
+        if fix is not None:
+            return Rewrite(None, syntax_fix=fix, redefines=forget)
+        return Rewrite(None, redefines=forget) if scan.tracking else None
     if not scan.leads:
         return None
     text = _Text(buf, start, end, encoding)
     if not settled and (not text.is_ascii(start, end) or buf.find(b"\\", start, end) >= 0):
         return _nothing(scan)
     redefines = _redefined_names(text, scan.leads)
-    cleans = [lead for lead in scan.leads if lead.word == b"clean"]
+    cleans = [lead for lead in scan.leads if lead.word == b"clean" or _may_explain(lead)]
     if not cleans:
         return Rewrite(None, redefines=redefines)
     if any(lead.too_long or lead.after_routine or lead.index < 0 for lead in cleans):
         return Rewrite(None, redefines=redefines)
+    scs = scan.standard_conforming_strings
     try:
         positions = _char_positions(text, cleans)
         total = positions[-1]
         parsed = [
-            _parse_lead(text, lead, at, total) for lead, at in zip(cleans, positions, strict=False)
+            _parse_lead(text, lead, at, total, scs)
+            if lead.word == b"clean"
+            else _parse_explain_lead(text, lead, at, total, scs)
+            for lead, at in zip(cleans, positions, strict=False)
         ]
-    except (UnicodeError, LookupError, GrammarError):
+    except (UnicodeError, LookupError):
         return Rewrite(None, redefines=redefines)
-    statements = [p for p in parsed if p is not None]
+    statements = [p for p in parsed if p is not None]  # None: an EXPLAIN of something else
     if not statements:
         return Rewrite(None, redefines=redefines)
     errors = [p.error for p in statements if p.error is not None]
     if errors:
-        first = statements[0]
-        fix = SyntaxFix(
-            server_position=str(first.char_start + 1).encode(),
-            message=errors[0].message.encode(text.codec or "ascii", "replace"),
-            position=str(errors[0].position).encode(),
-        )
+        fix = _syntax_fix(text, statements[0].char_start, errors[0])
         return Rewrite(None, syntax_fix=fix, redefines=redefines)
-    return _rewrite_valid(text, scan, statements, wait_seconds, check_seconds, redefines)
+    options = _Options(wait_seconds, check_seconds, without_force, peers)
+    return _rewrite_valid(text, scan, statements, options, redefines)
+
+
+def _syntax_fix(text: _Text, clean_at: int, error: GrammarError) -> SyntaxFix:
+    """The server reports the whole string's syntax error at the first CLEAN token (the
+    character ``clean_at``); the client is told openGauss's ``error`` instead."""
+    return SyntaxFix(
+        server_position=str(clean_at + 1).encode(),
+        message=error.message.encode(text.codec or "ascii", "replace"),
+        position=str(error.position).encode(),
+    )
+
+
+def _uncertain_fix(
+    buf: bytes, start: int, end: int, scan: OutlineScanner, encoding: str, settled: bool
+) -> SyntaxFix | None:
+    """openGauss's error for a text the outline gave up on (an unterminated quote or
+    comment, a version-dependent token...), or None.
+
+    Statement starts found before the outline gave up are certain; the statement it gave
+    up in runs to the end of the text, as an unterminated quote or comment does. The
+    CLEAN statements are parsed in order until one fails (that is the fix: nothing in the
+    string runs either way, the server rejects it at the first CLEAN) or the outline's
+    certain part ends; a CLEAN that still parses there gets no fix.
+    """
+    cleans = [lead for lead in scan.leads if lead.word == b"clean"]
+    if not cleans:
+        return None
+    text = _Text(buf, start, end, encoding)
+    if not settled and (not text.is_ascii(start, end) or buf.find(b"\\", start, end) >= 0):
+        return None
+    try:
+        positions = _char_positions(text, cleans)
+        for lead, at in zip(cleans, positions, strict=False):
+            stop = lead.end if lead.end >= 0 else end
+            if lead.after_routine or lead.index < 0 or stop - lead.start > MAX_LEAD_STATEMENT:
+                return None
+            parsed = _parse_lead(text, lead, at, positions[-1], scan.standard_conforming_strings)
+            if parsed.error is not None:
+                return _syntax_fix(text, positions[0], parsed.error)
+            if lead.end < 0:
+                return None
+    except (UnicodeError, LookupError):
+        return None
+    return None
 
 
 def _nothing(scan: OutlineScanner) -> Rewrite | None:
     """No rewrite, but a text that may redefine tracked statements forgets them all."""
-    if any(lead.word != b"clean" for lead in scan.leads):
+    if any(lead.word not in CLEAN_WORDS for lead in scan.leads):
         return Rewrite(None, redefines=(None,))
     return None
 
@@ -195,17 +255,65 @@ def _nothing(scan: OutlineScanner) -> Rewrite | None:
 class _Parsed:
     """A CLEAN CONNECTION statement of a text: where it is and what it says."""
 
-    __slots__ = ("body_end", "body_start", "char_start", "clean", "error", "index")
+    __slots__ = (
+        "body_end",
+        "body_start",
+        "char_start",
+        "clean",
+        "error",
+        "explain",
+        "index",
+        "lead_char_start",
+    )
 
     def __init__(self, lead: Lead, body_end: int, char_start: int) -> None:
         self.body_start, self.body_end, self.char_start = lead.start, body_end, char_start
         self.index = lead.index
         self.clean: CleanConnection | None = None
         self.error: GrammarError | None = None
+        # EXPLAIN CLEAN CONNECTION: body_start and lead_char_start are those of EXPLAIN,
+        # char_start that of CLEAN (where the server reports a syntax error).
+        self.explain = False
+        self.lead_char_start = char_start
+
+
+def _may_explain(lead: Lead) -> bool:
+    """An EXPLAIN statement worth decoding: it may be EXPLAIN CLEAN CONNECTION. One that
+    cannot be judged exactly (too long, after a routine body) is left alone: the server
+    rejects an EXPLAIN CLEAN there as a syntax error, and any other EXPLAIN is its own."""
+    return lead.word == b"explain" and not (lead.too_long or lead.after_routine)
+
+
+def _parse_explain_lead(
+    text: _Text, lead: Lead, char_start: int, total: int, standard_conforming_strings: bool
+) -> _Parsed | None:
+    """Parse ``EXPLAIN CLEAN ...`` as its CLEAN statement (positions over the whole text,
+    the server's syntax error expected at CLEAN); None for any other EXPLAIN, which is
+    forwarded unchanged. Only EXPLAIN's next token is scanned before deciding."""
+    source = text.decode(lead.start, _statement_bytes(text, lead))
+    second = TokenStream(source, standard_conforming_strings=standard_conforming_strings).get(1)
+    if second is None or second.name != "CLEAN":
+        return None
+    at = second.start
+    clean_lead = Lead(
+        b"clean",
+        lead.start + len(source[:at].encode(text.codec or "ascii")),
+        lead.index,
+        lead.end,
+        lead.after_routine,
+    )
+    parsed = _parse_lead(text, clean_lead, char_start + at, total, standard_conforming_strings)
+    parsed.explain = True
+    parsed.body_start = lead.start
+    parsed.lead_char_start = char_start
+    return parsed
 
 
 def _statement_bytes(text: _Text, lead: Lead) -> int:
-    """The end of the lead statement's text, its terminating ``;`` included."""
+    """The end of the lead statement's text, its terminating ``;`` included (the end of
+    the text when the outline gave up inside it)."""
+    if lead.end < 0:
+        return text.end
     return lead.end + 1 if lead.end < text.end and text.buf[lead.end] == 0x3B else lead.end
 
 
@@ -222,24 +330,26 @@ def _char_positions(text: _Text, leads: list[Lead]) -> list[int]:
     return positions
 
 
-def _parse_lead(text: _Text, lead: Lead, char_start: int, total: int) -> _Parsed | None:
-    """Parse one statement starting with ``clean`` (``char_start`` characters into a text
-    of ``total``); None if it is not CLEAN CONNECTION."""
+def _parse_lead(
+    text: _Text, lead: Lead, char_start: int, total: int, standard_conforming_strings: bool
+) -> _Parsed:
+    """Parse one statement starting with the word ``clean`` (``char_start`` characters
+    into a text of ``total``) as openGauss does: a valid CLEAN CONNECTION, or the error
+    openGauss reports for it (whatever follows ``clean``; positions over the whole text).
+    UnicodeError/LookupError when the statement does not decode strictly."""
     stop = _statement_bytes(text, lead)
     source = text.decode(lead.start, stop)
-    tokens = [t for t in scan_raw(source) if t.name not in COMMENT_NAMES]
-    if len(tokens) < 2 or tokens[1].name != "CONNECTION":
-        return None
-    last = tokens[-2] if tokens[-1].name == "ASCII_59" and len(tokens) > 2 else tokens[-1]
     codec = text.codec or "ascii"
-    body_end = lead.start + len(source[: last.end + 1].encode(codec))
-    parsed = _Parsed(lead, body_end, char_start)
+    stream = TokenStream(source, standard_conforming_strings=standard_conforming_strings)
+    parsed = _Parsed(lead, stop, char_start)
     try:
-        parsed.clean = parse_tokens(
-            source, [from_raw(source, t) for t in tokens], total - char_start + 1
-        )
+        parsed.clean = parse_tokens(source, stream, total - char_start + 1)
     except GrammarError as exc:
         parsed.error = GrammarError(exc.message, exc.position + char_start)
+        return parsed
+    tokens = stream.tokens  # all of them: the parser read to the end
+    last = tokens[-2] if tokens[-1].name == "ASCII_59" and len(tokens) > 1 else tokens[-1]
+    parsed.body_end = lead.start + len(source[: last.end].encode(codec))
     return parsed
 
 
@@ -247,7 +357,7 @@ def _redefined_names(text: _Text, leads: list[Lead]) -> tuple[bytes | None, ...]
     """Prepared-statement names the text deallocates or redefines by SQL (None: all)."""
     names: list[bytes | None] = []
     for lead in leads:
-        if lead.word == b"clean":
+        if lead.word in CLEAN_WORDS:
             continue
         if lead.too_long or lead.after_routine:
             return (None,)
@@ -267,34 +377,59 @@ def _redefined_names(text: _Text, leads: list[Lead]) -> tuple[bytes | None, ...]
     return tuple(names)
 
 
+class _Options(NamedTuple):
+    """How valid statements are rewritten (see :func:`rewrite_text`)."""
+
+    wait_seconds: float
+    check_seconds: float
+    without_force: str
+    peers: Callable[[], Mapping[int, str]] | None
+
+
 def _rewrite_valid(
     text: _Text,
     scan: OutlineScanner,
     statements: list[_Parsed],
-    wait_seconds: float,
-    check_seconds: float,
+    options: _Options,
     redefines: tuple[bytes | None, ...],
 ) -> Rewrite:
     view = memoryview(text.buf)
     parts: list[bytes | memoryview] = []
-    planned: list[tuple[int, CleanPlan]] = []
+    planned: list[tuple[int, StatementPlan]] = []
     spans: list[tuple[int, int, int]] = []
     cursor = text.start
+    peers: Mapping[int, str] | None = None
     for statement in statements:
         assert statement.clean is not None
         original = text.decode(statement.body_start, statement.body_end)
-        program = render_program(
-            statement.clean,
-            codec=text.codec or "ascii",
-            encoding=text.encoding,
-            wait_seconds=wait_seconds,
-            check_seconds=check_seconds,
-        ).encode("ascii")
+        plan: StatementPlan
+        if statement.explain:
+            if peers is None:
+                peers = options.peers() if options.peers is not None else {}
+            sql = render_explain(
+                statement.clean,
+                codec=text.codec or "ascii",
+                encoding=text.encoding,
+                without_force=options.without_force,
+                peers=peers,
+            )
+            plan = EXPLAIN_PLAN
+        else:
+            sql = render_program(
+                statement.clean,
+                codec=text.codec or "ascii",
+                encoding=text.encoding,
+                wait_seconds=options.wait_seconds,
+                check_seconds=options.check_seconds,
+                without_force=options.without_force,
+            )
+            plan = CleanPlan(original)
+        program = sql.encode("ascii")
         parts.append(view[cursor : statement.body_start])
         parts.append(program)
-        spans.append((statement.char_start, len(original), len(program)))
+        spans.append((statement.lead_char_start, len(original), len(program)))
         cursor = statement.body_end
-        planned.append((statement.index, CleanPlan(original)))
+        planned.append((statement.index, plan))
     parts.append(view[cursor : text.end])
     return Rewrite(b"".join(parts), planned=tuple(planned), spans=tuple(spans), redefines=redefines)
 
@@ -313,7 +448,7 @@ class CleanPlan:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.peers: Callable[[], dict[int, str]] | None = None  # set by the dialect
+        self.peers: Callable[[], Mapping[int, str]] | None = None  # set by the dialect
 
     def start(self) -> CleanRun:
         return CleanRun(self.text, self.peers() if self.peers is not None else {})
@@ -326,7 +461,7 @@ class CleanRun:
 
     __slots__ = ("counts", "peers", "sent_at", "sessions", "text")
 
-    def __init__(self, text: str, peers: dict[int, str] | None = None) -> None:
+    def __init__(self, text: str, peers: Mapping[int, str] | None = None) -> None:
         self.text = text
         # Sessions through the proxy when the statement was sent (backend pid → real
         # client): those it terminates are closed, and gone from the registry, by its end.
@@ -366,6 +501,50 @@ def _parse_counts(text: bytes) -> dict[str, int]:
     return counts
 
 
+EXPLAIN_TAG = b"EXPLAIN"
+_FIELD_SEVERITY = ord("S")
+_FIELD_SEVERITY_RAW = ord("V")
+_FIELD_CODE = ord("C")
+_INVALID_TEXT = b"22P02"
+
+
+class ExplainPlan:
+    """The reply shaping of a rewritten EXPLAIN CLEAN CONNECTION (stateless: one instance
+    serves every execution): the tag becomes ``EXPLAIN``, as PostgreSQL's EXPLAIN sends,
+    and the query's planned failure (a 22P02 carrying
+    :data:`~proxy.clean_program.EXPLAIN_ERROR_PREFIX`) becomes the error the statement
+    itself would raise. Rows, notices and every other error pass unchanged."""
+
+    __slots__ = ()
+
+    def start(self) -> ExplainPlan:
+        return self
+
+    def completed(self, tag: bytes) -> bytes:
+        return EXPLAIN_TAG
+
+    def notice(self, fields: Fields) -> Fields | None:
+        return fields
+
+    def failed(self, fields: Fields) -> Fields:
+        found = dict(fields)
+        if found.get(_FIELD_CODE) != _INVALID_TEXT:
+            return fields
+        planned = explain_error(found.get(_FIELD_MESSAGE, b""))
+        if planned is None:
+            return fields
+        sqlstate, text = planned
+        kept = [
+            (code, value)
+            for code, value in fields
+            if code in (_FIELD_SEVERITY, _FIELD_SEVERITY_RAW)
+        ]
+        return [*kept, (_FIELD_CODE, sqlstate), (_FIELD_MESSAGE, text)]
+
+
+EXPLAIN_PLAN = ExplainPlan()
+
+
 class CleanConnectionDialect:
     """The openGauss CLEAN CONNECTION statement, for :class:`proxy.server.ProxyServer`.
 
@@ -377,9 +556,16 @@ class CleanConnectionDialect:
         self,
         wait_seconds: float = DEFAULT_WAIT_SECONDS,
         check_seconds: float = DEFAULT_CHECK_SECONDS,
+        *,
+        without_force: str = "idle",
+        peers: Callable[[], Mapping[int, str]] | None = None,
     ) -> None:
+        if without_force not in WITHOUT_FORCE_MODES:
+            raise ValueError(f"without_force must be one of {WITHOUT_FORCE_MODES}")
         self.wait_seconds = wait_seconds
         self.check_seconds = check_seconds
+        self.without_force = without_force
+        self.peers = peers
         self.audit = AuditTrail()  # where audit records go (replaced by the application)
 
     might_rewrite = staticmethod(might_contain_clean)
@@ -430,15 +616,18 @@ class CleanConnectionDialect:
             settled=settled,
             wait_seconds=self.wait_seconds,
             check_seconds=self.check_seconds,
+            without_force=self.without_force,
+            peers=self.peers,
         )
-        if rewrite is not None and self.audit.peers is not None:
+        if rewrite is not None and self.peers is not None:
             for _, plan in rewrite.planned:
                 if isinstance(plan, CleanPlan):
-                    plan.peers = self.audit.peers.snapshot
+                    plan.peers = self.peers  # read when the statement is sent
         return rewrite
 
-    def outcome(self, session: Session, execution: CleanRun, error: Fields | None) -> None:
-        self.audit.emit(audit_record(session, execution, error))
+    def outcome(self, session: Session, execution: ReplyShaping, error: Fields | None) -> None:
+        if isinstance(execution, CleanRun):
+            self.audit.emit(audit_record(session, execution, error))
 
 
 def audit_record(session: Session, run: CleanRun, error: Fields | None) -> AuditRecord:

@@ -18,6 +18,7 @@ arrived, so no quote or backslash from the client ever reaches the program, what
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from grammar import CleanConnection
 
@@ -43,6 +44,109 @@ _IS_SESSION = (
     " OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))"
 )
 
+# --- The decisions, shared by the DO program and EXPLAIN --------------------------------
+#
+# Each fragment below is one SQL expression or query with placeholders for its inputs, which
+# the DO program fills with PL/pgSQL variables (v_db, v_dbid...) and EXPLAIN with columns of
+# its validation row (g.db, g.dbid...): the statement and its EXPLAIN run the same SQL, so
+# they cannot disagree about an error, a CHECK or a session.
+
+# Validation in openGauss's order: the first failing check gives the SQLSTATE and message
+# (NULL: valid), with the caller's superuser bit and the database's and role's oids.
+# Inputs: {db}, {user} (text or NULL), {node} (the first node name, or NULL for TO ALL).
+_VALIDATION = """SELECT v.super, v.dbid, v.roleid, v.db, v.usr,
+       (ARRAY['42601', '3D000', '42501', '42501', '42704', '42601'])[v.step] AS errcode,
+       CASE
+         WHEN v.step OPERATOR(pg_catalog.=) 1 THEN 'must define Database name or user name'
+         WHEN v.step OPERATOR(pg_catalog.=) 2
+         THEN pg_catalog.format('database "%s" does not exist', v.db)
+         WHEN v.step OPERATOR(pg_catalog.=) 3
+         THEN pg_catalog.format('must be owner of database %s', v.db)
+         WHEN v.step OPERATOR(pg_catalog.=) 4
+         THEN 'must be system admin to clean pool connections'
+         WHEN v.step OPERATOR(pg_catalog.=) 5
+         THEN pg_catalog.format('role "%s" does not exist', v.usr)
+         WHEN v.step OPERATOR(pg_catalog.=) 6
+         THEN pg_catalog.format('Node %s: object not defined', v.node)
+       END AS message
+  FROM (SELECT c.super, d.oid AS dbid, u.oid AS roleid, p.db, p.usr, p.node,
+               CASE
+                 WHEN p.db IS NULL AND p.usr IS NULL THEN 1
+                 WHEN p.db IS NOT NULL AND d.oid IS NULL THEN 2
+                 -- Ownership means the owner's privileges (PostgreSQL's object_ownercheck):
+                 -- a member that does not inherit them (NOINHERIT, WITH INHERIT FALSE) is none.
+                 WHEN p.db IS NOT NULL AND NOT c.super
+                  AND NOT pg_catalog.pg_has_role(current_user, d.datdba, 'USAGE') THEN 3
+                 WHEN p.db IS NULL AND NOT c.super THEN 4
+                 WHEN p.usr IS NOT NULL AND u.oid IS NULL THEN 5
+                 WHEN p.node IS NOT NULL THEN 6
+               END AS step
+          FROM (SELECT {db} AS db, {user} AS usr, {node} AS node) p
+         CROSS JOIN (SELECT me.rolsuper AS super FROM pg_catalog.pg_roles me
+                      WHERE me.rolname OPERATOR(pg_catalog.=) current_user) c
+          LEFT JOIN pg_catalog.pg_database d ON d.datname OPERATOR(pg_catalog.=) p.db
+          LEFT JOIN pg_catalog.pg_roles u ON u.rolname OPERATOR(pg_catalog.=) p.usr) v"""
+
+# What CHECK counts, as openGauss's CountOtherDBBackends: with a database, every other
+# session on it (whatever its role) and its prepared transactions; with a user only, that
+# role's other sessions. Inputs: {dbid}, {roleid}, {db}.
+_CHECK_SESSIONS = """SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+ WHERE {is_session} AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+   AND CASE WHEN {dbid} IS NOT NULL THEN a.datid OPERATOR(pg_catalog.=) {dbid}
+            ELSE a.usesysid OPERATOR(pg_catalog.=) {roleid} END"""
+_CHECK_PREPARED = """SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_xacts p
+ WHERE {dbid} IS NOT NULL AND p.database OPERATOR(pg_catalog.=) {db}"""
+# CHECK's 55006 message and (with a database) PostgreSQL's DETAIL. Inputs: {db}, {user},
+# {sessions}, {prepared}.
+_CHECK_MESSAGE = """CASE WHEN {db} IS NULL
+  THEN pg_catalog.format('role "%s" is being used by other users', {user})
+  ELSE pg_catalog.format('database "%s" is being accessed by other users', {db}) END"""
+_CHECK_DETAIL = """CASE
+  WHEN {sessions} OPERATOR(pg_catalog.>) 0 AND {prepared} OPERATOR(pg_catalog.>) 0
+  THEN pg_catalog.format(
+    'There are %s other session(s) and %s prepared transaction(s) using the database.',
+    {sessions}, {prepared})
+  WHEN {sessions} OPERATOR(pg_catalog.=) 1 THEN 'There is 1 other session using the database.'
+  WHEN {sessions} OPERATOR(pg_catalog.>) 1
+  THEN pg_catalog.format('There are %s other sessions using the database.', {sessions})
+  WHEN {prepared} OPERATOR(pg_catalog.=) 1
+  THEN 'There is 1 prepared transaction using the database.'
+  ELSE pg_catalog.format('There are %s prepared transactions using the database.', {prepared})
+END"""
+
+# One row per session the statement considers, with its fate: ``action`` is 'terminate',
+# 'skip' (PostgreSQL would not let the caller signal it) or 'spare', and ``reason`` says
+# why it is not terminated: 'caller', 'other user' (listed only with {others}: CHECK counts
+# it), 'without force' (--clean-without-force none), 'no privilege', 'in use' (not idle,
+# or its state hidden from the caller, without FORCE). PostgreSQL's signalling rule
+# (signalfuncs.c): superusers' sessions need a superuser; others the privileges of the
+# session's role or of pg_signal_backend. Inputs: {dbid}, {roleid}, {super}, {force},
+# {unforced_spared}, {others}.
+_DECISIONS = """SELECT a.pid, a.usename, a.datname, a.application_name, a.client_addr,
+       a.client_port, a.state, a.backend_start, w.reason,
+       CASE WHEN w.reason IS NULL THEN 'terminate'
+            WHEN w.reason OPERATOR(pg_catalog.=) 'no privilege' THEN 'skip'
+            ELSE 'spare' END AS action
+  FROM pg_catalog.pg_stat_activity a
+  LEFT JOIN pg_catalog.pg_roles t ON t.oid OPERATOR(pg_catalog.=) a.usesysid
+ CROSS JOIN LATERAL (SELECT CASE
+     WHEN a.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid() THEN 'caller'
+     WHEN {roleid} IS NOT NULL
+      AND NOT COALESCE(a.usesysid OPERATOR(pg_catalog.=) {roleid}, false) THEN 'other user'
+     WHEN NOT {force} AND {unforced_spared} THEN 'without force'
+     WHEN NOT {super} AND (t.rolsuper IS NOT FALSE OR NOT (
+          pg_catalog.pg_has_role(current_user, a.usesysid, 'USAGE')
+          OR pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE')))
+     THEN 'no privilege'
+     WHEN {force} THEN NULL
+     WHEN COALESCE(a.state OPERATOR(pg_catalog.=) 'idle', false) THEN NULL
+     ELSE 'in use' END AS reason) w
+ WHERE {is_session}
+   AND ({dbid} IS NULL OR a.datid OPERATOR(pg_catalog.=) {dbid})
+   AND ({roleid} IS NULL OR a.usesysid OPERATOR(pg_catalog.=) {roleid}
+        OR ({others} AND {dbid} IS NOT NULL))"""
+
+
 # The server-side program. Placeholders are filled with SQL produced by this module only
 # (hex literals, numbers, booleans, NULL): no client text ever reaches this template.
 #
@@ -57,15 +161,15 @@ _PROGRAM = """DO {tag}
 DECLARE
   v_db pg_catalog.text := {database};
   v_user pg_catalog.text := {user};
-  v_nodes pg_catalog.text[] := {nodes};
   v_check pg_catalog.bool := {check};
   v_force pg_catalog.bool := {force};
   v_wait_seconds pg_catalog.float8 := {wait};
   v_check_seconds pg_catalog.float8 := {check_wait};
   v_super pg_catalog.bool;
   v_dbid pg_catalog.oid;
-  v_owner pg_catalog.oid;
   v_roleid pg_catalog.oid;
+  v_errcode pg_catalog.text;
+  v_message pg_catalog.text;
   v_sessions pg_catalog.int8;
   v_prepared pg_catalog.int8;
   v_deadline pg_catalog.timestamptz;
@@ -77,39 +181,11 @@ DECLARE
   v_report pg_catalog.json[] := '{{}}';
   r pg_catalog.record;
 BEGIN
-  SELECT rolsuper INTO v_super FROM pg_catalog.pg_roles
-   WHERE rolname OPERATOR(pg_catalog.=) current_user;
-  IF v_db IS NULL AND v_user IS NULL THEN
-    RAISE EXCEPTION USING ERRCODE = '42601', MESSAGE = 'must define Database name or user name';
-  END IF;
-  IF v_db IS NOT NULL THEN
-    SELECT oid, datdba INTO v_dbid, v_owner FROM pg_catalog.pg_database
-     WHERE datname OPERATOR(pg_catalog.=) v_db;
-    IF NOT FOUND THEN
-      RAISE EXCEPTION USING ERRCODE = '3D000',
-        MESSAGE = pg_catalog.format('database "%s" does not exist', v_db);
-    END IF;
-    -- Ownership means the owner's privileges (PostgreSQL's object_ownercheck): a member
-    -- that does not inherit them (NOINHERIT, or a grant WITH INHERIT FALSE) is no owner.
-    IF NOT v_super AND NOT pg_catalog.pg_has_role(current_user, v_owner, 'USAGE') THEN
-      RAISE EXCEPTION USING ERRCODE = '42501',
-        MESSAGE = pg_catalog.format('must be owner of database %s', v_db);
-    END IF;
-  ELSIF NOT v_super THEN
-    RAISE EXCEPTION USING ERRCODE = '42501',
-      MESSAGE = 'must be system admin to clean pool connections';
-  END IF;
-  IF v_user IS NOT NULL THEN
-    SELECT oid INTO v_roleid FROM pg_catalog.pg_roles
-     WHERE rolname OPERATOR(pg_catalog.=) v_user;
-    IF NOT FOUND THEN
-      RAISE EXCEPTION USING ERRCODE = '42704',
-        MESSAGE = pg_catalog.format('role "%s" does not exist', v_user);
-    END IF;
-  END IF;
-  IF v_nodes IS NOT NULL THEN
-    RAISE EXCEPTION USING ERRCODE = '42601',
-      MESSAGE = pg_catalog.format('Node %s: object not defined', v_nodes[1]);
+  SELECT v.super, v.dbid, v.roleid, v.errcode, v.message
+    INTO v_super, v_dbid, v_roleid, v_errcode, v_message
+    FROM ({validation}) v;
+  IF v_errcode IS NOT NULL THEN
+    RAISE EXCEPTION USING ERRCODE = v_errcode, MESSAGE = v_message;
   END IF;
 
   IF v_check THEN
@@ -117,56 +193,28 @@ BEGIN
       OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => v_check_seconds);
     LOOP
       PERFORM pg_catalog.pg_stat_clear_snapshot();
-      SELECT pg_catalog.count(*) INTO v_sessions FROM pg_catalog.pg_stat_activity a
-       WHERE {is_session} AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
-         AND (v_dbid IS NULL OR a.datid OPERATOR(pg_catalog.=) v_dbid)
-         AND (v_roleid IS NULL OR a.usesysid OPERATOR(pg_catalog.=) v_roleid);
-      SELECT pg_catalog.count(*) INTO v_prepared FROM pg_catalog.pg_prepared_xacts p
-       WHERE v_dbid IS NOT NULL AND p.database OPERATOR(pg_catalog.=) v_db
-         AND (v_user IS NULL OR p.owner OPERATOR(pg_catalog.=) v_user);
+      SELECT ({check_sessions}), ({check_prepared}) INTO v_sessions, v_prepared;
       EXIT WHEN (v_sessions OPERATOR(pg_catalog.=) 0 AND v_prepared OPERATOR(pg_catalog.=) 0)
              OR pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) v_deadline;
       PERFORM pg_catalog.pg_sleep(0.05);
     END LOOP;
     IF v_sessions OPERATOR(pg_catalog.>) 0 OR v_prepared OPERATOR(pg_catalog.>) 0 THEN
       IF v_db IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '55006',
-          MESSAGE = pg_catalog.format('role "%s" is being used by other users', v_user);
+        RAISE EXCEPTION USING ERRCODE = '55006', MESSAGE = {check_message};
       END IF;
-      RAISE EXCEPTION USING ERRCODE = '55006',
-        MESSAGE = pg_catalog.format('database "%s" is being accessed by other users', v_db),
-        DETAIL = CASE
-          WHEN v_sessions OPERATOR(pg_catalog.>) 0 AND v_prepared OPERATOR(pg_catalog.>) 0
-          THEN pg_catalog.format(
-            'There are %s other session(s) and %s prepared transaction(s) using the database.',
-            v_sessions, v_prepared)
-          WHEN v_sessions OPERATOR(pg_catalog.=) 1
-          THEN 'There is 1 other session using the database.'
-          WHEN v_sessions OPERATOR(pg_catalog.>) 1 THEN pg_catalog.format(
-            'There are %s other sessions using the database.', v_sessions)
-          WHEN v_prepared OPERATOR(pg_catalog.=) 1
-          THEN 'There is 1 prepared transaction using the database.'
-          ELSE pg_catalog.format(
-            'There are %s prepared transactions using the database.', v_prepared)
-        END;
+      RAISE EXCEPTION USING ERRCODE = '55006', MESSAGE = {check_message},
+        DETAIL = {check_detail};
     END IF;
   END IF;
 
   PERFORM pg_catalog.pg_stat_clear_snapshot();
   FOR r IN
-    SELECT a.pid, a.usesysid, t.rolsuper AS target_super, a.usename, a.datname,
-           a.application_name, a.client_addr, a.client_port, a.backend_start, a.state
-      FROM pg_catalog.pg_stat_activity a
-      LEFT JOIN pg_catalog.pg_roles t ON t.oid OPERATOR(pg_catalog.=) a.usesysid
-     WHERE {is_session} AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
-       AND (v_dbid IS NULL OR a.datid OPERATOR(pg_catalog.=) v_dbid)
-       AND (v_roleid IS NULL OR a.usesysid OPERATOR(pg_catalog.=) v_roleid)
+    SELECT x.pid, x.action, x.usename, x.datname, x.application_name, x.client_addr,
+           x.client_port, x.backend_start, x.state
+      FROM ({decisions}) x
+     WHERE x.action OPERATOR(pg_catalog.<>) 'spare'
   LOOP
-    -- PostgreSQL's own rule (signalfuncs.c): superuser sessions need a superuser; others
-    -- need the privileges of the session's role or of pg_signal_backend.
-    IF NOT v_super AND (r.target_super IS NOT FALSE OR NOT (
-         pg_catalog.pg_has_role(current_user, r.usesysid, 'USAGE')
-         OR pg_catalog.pg_has_role(current_user, 'pg_signal_backend', 'USAGE'))) THEN
+    IF r.action OPERATOR(pg_catalog.=) 'skip' THEN
       v_skipped := v_skipped OPERATOR(pg_catalog.+) 1;
       v_report := pg_catalog.array_append(v_report, {victim_skipped});
       CONTINUE;
@@ -231,6 +279,76 @@ def _text_literal(value: str | None, codec: str, encoding: str) -> str:
     )
 
 
+WITHOUT_FORCE_MODES = ("idle", "none")
+"""What a statement without FORCE terminates: idle sessions, or none (openGauss single node)."""
+
+EXPLAIN_ERROR_PREFIX = b"pgdp:explain:"
+"""Starts the text an EXPLAIN query casts to int4 to fail: ``pgdp:explain:SQLSTATE:message``
+then :data:`EXPLAIN_ERROR_SUFFIX`. The proxy turns that 22P02 error into the SQLSTATE and
+message (:func:`explain_error`)."""
+EXPLAIN_ERROR_SUFFIX = b":pgdp"
+
+# EXPLAIN CLEAN CONNECTION: one SELECT. The validation row g is computed first (a
+# materialized CTE scanned before anything else) and fails the query, when a check fails,
+# by casting the sentinel text to int4 at run time (the text depends on catalog rows, so
+# the planner cannot fold it). Then one row per session the statement would consider, and
+# with CHECK a last row saying whether CHECK would pass now (no waiting).
+_EXPLAIN = """WITH g AS MATERIALIZED (
+  SELECT v.*, CASE WHEN v.errcode IS NOT NULL THEN CAST(
+      pg_catalog.concat('{prefix}', v.errcode, ':', v.message, '{suffix}') AS pg_catalog.int4)
+    END AS raised
+    FROM ({validation}) v
+), peer (pid, addr) AS ({peers})
+SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
+       x.backend_start, x.action, x.reason
+  FROM (
+    SELECT 0 AS k, s.pid, s.usename, s.datname, s.application_name,
+           COALESCE(peer.addr, CASE
+             WHEN s.client_addr IS NULL THEN NULL
+             WHEN pg_catalog.family(s.client_addr) OPERATOR(pg_catalog.=) 6
+             THEN pg_catalog.format('[%s]:%s', pg_catalog.host(s.client_addr), s.client_port)
+             ELSE pg_catalog.format('%s:%s', pg_catalog.host(s.client_addr), s.client_port)
+           END) AS client_addr,
+           s.state, s.backend_start, s.action, s.reason
+      FROM g CROSS JOIN LATERAL ({decisions}) s
+      LEFT JOIN peer ON peer.pid OPERATOR(pg_catalog.=) s.pid
+     WHERE g.raised IS NULL
+    UNION ALL
+    SELECT 1, NULL, pg_catalog.name(g.usr), pg_catalog.name(g.db), NULL, NULL, NULL, NULL,
+           'check',
+           CASE WHEN n.sessions OPERATOR(pg_catalog.=) 0 AND n.prepared OPERATOR(pg_catalog.=) 0
+                THEN 'pass'
+                WHEN g.db IS NULL THEN pg_catalog.concat('fail: ', {check_message})
+                ELSE pg_catalog.concat('fail: ', {check_detail}) END
+      FROM g CROSS JOIN LATERAL (
+             SELECT ({check_sessions}) AS sessions, ({check_prepared}) AS prepared) n
+     WHERE g.raised IS NULL AND {check}
+  ) x
+ ORDER BY x.k, x.pid"""
+
+
+def _fill(template: str, **values: str) -> str:
+    return template.format(is_session=_IS_SESSION, **values)
+
+
+def _names(statement: CleanConnection, codec: str, encoding: str) -> tuple[str, str, str]:
+    """The database, user and first node name of ``statement`` as SQL (or NULL)."""
+    if not _ENCODING_NAME.fullmatch(encoding):
+        raise ValueError(f"not a PostgreSQL encoding name: {encoding!r}")
+    node = _text_literal(statement.nodes[0], codec, encoding) if statement.nodes else "NULL"
+    return (
+        _text_literal(statement.database, codec, encoding),
+        _text_literal(statement.user, codec, encoding),
+        node,
+    )
+
+
+def _check_mode(without_force: str) -> str:
+    if without_force not in WITHOUT_FORCE_MODES:
+        raise ValueError(f"without_force must be one of {WITHOUT_FORCE_MODES}: {without_force!r}")
+    return "true" if without_force == "none" else "false"
+
+
 def render_program(
     statement: CleanConnection,
     *,
@@ -238,6 +356,7 @@ def render_program(
     encoding: str,
     wait_seconds: float,
     check_seconds: float,
+    without_force: str = "idle",
 ) -> str:
     """The DO block implementing ``statement`` (ASCII only, no client text inside).
 
@@ -246,26 +365,34 @@ def render_program(
     received the statement (``UTF8``, ``SJIS``, ``LATIN1``...), in which the server decodes
     them. It is embedded as a literal: PostgreSQL converts a whole query string with the
     encoding in force on arrival, so a ``SET client_encoding`` earlier in the same string
-    must not change how the names are read. Raises :class:`ValueError` unless ``encoding``
-    is made of ``A-Z``, ``0-9`` and ``_`` only.
+    must not change how the names are read. ``without_force`` is ``idle`` (a statement
+    without FORCE terminates idle sessions) or ``none`` (it terminates nothing). Raises
+    :class:`ValueError` unless ``encoding`` is made of ``A-Z``, ``0-9`` and ``_`` only.
     """
-    if not _ENCODING_NAME.fullmatch(encoding):
-        raise ValueError(f"not a PostgreSQL encoding name: {encoding!r}")
-    nodes = "NULL"
-    if statement.target != "all":
-        names = (_text_literal(n, codec, encoding) for n in statement.nodes)
-        nodes = "ARRAY[" + ", ".join(names) + "]"
+    database, user, node = _names(statement, codec, encoding)
+    variables = {"db": "v_db", "user": "v_user", "dbid": "v_dbid", "roleid": "v_roleid"}
     return _PROGRAM.format(
         tag=_DOLLAR_TAG,
-        database=_text_literal(statement.database, codec, encoding),
-        user=_text_literal(statement.user, codec, encoding),
-        nodes=nodes,
+        database=database,
+        user=user,
         check="true" if statement.check else "false",
         force="true" if statement.force else "false",
         wait=repr(float(wait_seconds)),
         check_wait=repr(float(check_seconds)),
         marker=AUDIT_MARKER.decode(),
-        is_session=_IS_SESSION,
+        validation=_fill(_VALIDATION, db="v_db", user="v_user", node=node),
+        check_sessions=_fill(_CHECK_SESSIONS, **variables),
+        check_prepared=_fill(_CHECK_PREPARED, **variables),
+        check_message=_fill(_CHECK_MESSAGE, **variables),
+        check_detail=_fill(_CHECK_DETAIL, sessions="v_sessions", prepared="v_prepared"),
+        decisions=_fill(
+            _DECISIONS,
+            super="v_super",
+            force="v_force",
+            unforced_spared=_check_mode(without_force),
+            others="false",
+            **variables,
+        ),
         victim_skipped=_victim("skipped"),
         victim_terminated=_victim("terminated"),
     )
@@ -279,3 +406,72 @@ def _victim(outcome: str) -> str:
         "'client_addr', r.client_addr, 'client_port', r.client_port, "
         "'backend_start', r.backend_start, 'state', r.state)"
     )
+
+
+def render_explain(
+    statement: CleanConnection,
+    *,
+    codec: str,
+    encoding: str,
+    without_force: str = "idle",
+    peers: Mapping[int, str] | None = None,
+) -> str:
+    """The SELECT implementing ``EXPLAIN statement`` (ASCII only, no client text inside).
+
+    It returns ``pid int4, usename name, datname name, application_name text,
+    client_addr text, state text, backend_start timestamptz, action text, reason text``:
+    one row per session ``statement`` would consider (:data:`_DECISIONS`, the rule the DO
+    program applies), then with CHECK a row with ``action = 'check'`` and ``reason``
+    ``pass`` or ``fail: ...``. It terminates nothing. A failing validation makes it fail
+    with 22P02 and a sentinel message that :func:`explain_error` turns into the error the
+    statement would raise. ``peers`` maps backend pids to the real client addresses
+    (``host:port``) of sessions through the proxy; they replace pg_stat_activity's.
+    ``codec``, ``encoding``, ``without_force`` as for :func:`render_program`.
+    """
+    database, user, node = _names(statement, codec, encoding)
+    variables = {"db": "g.db", "user": "g.usr", "dbid": "g.dbid", "roleid": "g.roleid"}
+    return _EXPLAIN.format(
+        prefix=EXPLAIN_ERROR_PREFIX.decode(),
+        suffix=EXPLAIN_ERROR_SUFFIX.decode(),
+        validation=_fill(_VALIDATION, db=database, user=user, node=node),
+        peers=_peer_rows(peers or {}, codec, encoding),
+        decisions=_fill(
+            _DECISIONS,
+            super="g.super",
+            force="true" if statement.force else "false",
+            unforced_spared=_check_mode(without_force),
+            others="true" if statement.check else "false",
+            **variables,
+        ),
+        check="true" if statement.check else "false",
+        check_sessions=_fill(_CHECK_SESSIONS, **variables),
+        check_prepared=_fill(_CHECK_PREPARED, **variables),
+        check_message=_fill(_CHECK_MESSAGE, **variables),
+        check_detail=_fill(_CHECK_DETAIL, sessions="n.sessions", prepared="n.prepared"),
+    )
+
+
+def _peer_rows(peers: Mapping[int, str], codec: str, encoding: str) -> str:
+    """A VALUES list (pid, address) of ``peers``, or an empty query of the same shape."""
+    rows = [
+        f"({int(pid)}, {_text_literal(address, codec, encoding)})"
+        for pid, address in sorted(peers.items())
+    ]
+    if not rows:
+        return "SELECT CAST(NULL AS pg_catalog.int4), CAST(NULL AS pg_catalog.text) WHERE false"
+    return "VALUES " + ", ".join(rows)
+
+
+def explain_error(message: bytes) -> tuple[bytes, bytes] | None:
+    """The (SQLSTATE, message) carried by the 22P02 message of a failing EXPLAIN query,
+    or None if ``message`` carries none. The server's own words around the sentinel may be
+    translated (lc_messages): only the sentinel is looked for."""
+    start = message.find(EXPLAIN_ERROR_PREFIX)
+    end = message.rfind(EXPLAIN_ERROR_SUFFIX)
+    if start < 0 or end < start:
+        return None
+    body = message[start + len(EXPLAIN_ERROR_PREFIX) : end]
+    sqlstate, sep, text = body.partition(b":")
+    if not sep or len(sqlstate) != 5 or not sqlstate.isalnum():
+        return None
+    return sqlstate, text

@@ -20,6 +20,7 @@ from .clean_program import DEFAULT_CHECK_SECONDS, DEFAULT_WAIT_SECONDS
 
 ENV_PREFIX = "PGDP_"
 UPSTREAM_SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+CLEAN_WITHOUT_FORCE = ("idle", "none")
 DEFAULT_LISTEN = "127.0.0.1:6432"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PG_MAX_MESSAGE = 0x3FFFFFFF  # PostgreSQL's MaxAllocSize - 1: the largest message it accepts
@@ -98,6 +99,7 @@ class Config:
     max_client_conn: int = 10000  # per process; clients beyond it get 53300
     clean_wait_timeout: float = DEFAULT_WAIT_SECONDS
     clean_check_timeout: float = DEFAULT_CHECK_SECONDS
+    clean_without_force: str = "idle"  # without FORCE: terminate idle sessions, or none
     log_level: str = "info"
     workers: int = 1
     tls_cert: Path | None = None  # with tls_key: accept TLS from clients (SSLRequest → 'S')
@@ -219,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long CLEAN CONNECTION ... CHECK waits for other sessions to leave "
         f"[{DEFAULT_CHECK_SECONDS:g}]",
+    )
+    add(
+        "--clean-without-force",
+        choices=CLEAN_WITHOUT_FORCE,
+        help="what CLEAN CONNECTION without FORCE terminates: idle sessions, or none "
+        "(openGauss single node: it only validates and checks) [idle]",
     )
     add(
         "--workers",
@@ -361,6 +369,11 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         raise ConfigError(
             f"upstream-sslmode: {sslmode!r} is not one of {', '.join(UPSTREAM_SSLMODES)}"
         )
+    without_force = str(value("clean_without_force") or "idle").lower()
+    if without_force not in CLEAN_WITHOUT_FORCE:
+        raise ConfigError(
+            f"clean-without-force: {without_force!r} is not one of {', '.join(CLEAN_WITHOUT_FORCE)}"
+        )
     rootcert = value("upstream_sslrootcert")
     tls_cert, tls_key = value("tls_cert"), value("tls_key")
     if bool(tls_cert) != bool(tls_key):
@@ -392,6 +405,7 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         tls_cert=Path(str(tls_cert)) if tls_cert else None,
         tls_key=Path(str(tls_key)) if tls_key else None,
         upstream_sslmode=sslmode,
+        clean_without_force=without_force,
         upstream_sslrootcert=Path(str(rootcert)) if rootcert else None,
         **options,  # type: ignore[arg-type]
     )

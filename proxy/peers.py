@@ -6,10 +6,11 @@ session is logged in, so the audit record and ``EXPLAIN CLEAN CONNECTION`` can n
 real client (``host:port``) of the sessions they list.
 
 With ``--workers N`` each worker is a process of its own; the registry is then a directory
-that all of them share, one small file per session (name: the backend pid, content: the
-worker's pid and the client address), written at login and removed at close. The
-supervisor removes the files of a worker that died (:func:`forget_worker`). Per session,
-never per message: a login costs one small file write in that mode, nothing otherwise.
+that all of them share, one empty file per session whose name says it all
+(``<backend pid> <worker pid> <client address>``), created at login and removed at close:
+a snapshot of every worker's sessions is one ``scandir``. The supervisor removes the
+entries of a worker that died (:func:`forget_worker`). Per session, never per message: a
+login costs one file creation in that mode, nothing otherwise.
 """
 
 from __future__ import annotations
@@ -42,27 +43,22 @@ class PeerRegistry:
             return
         self._local[backend_pid] = client_address
         if self._directory is not None:
-            path = self._directory / str(backend_pid)
             with contextlib.suppress(OSError):  # the registry is informative, never fatal
-                path.write_text(f"{os.getpid()} {client_address}", encoding="utf-8")
+                os.close(os.open(self._path(backend_pid, client_address), _CREATE, 0o600))
 
     def remove(self, backend_pid: int) -> None:
         """The session of ``backend_pid`` is closed."""
-        if self._local.pop(backend_pid, None) is None or self._directory is None:
+        address = self._local.pop(backend_pid, None)
+        if address is None or self._directory is None:
             return
         with contextlib.suppress(OSError):
-            (self._directory / str(backend_pid)).unlink()
+            os.unlink(self._path(backend_pid, address))
 
     def lookup(self, backend_pids: Iterable[int]) -> dict[int, str]:
         """The client addresses of those of ``backend_pids`` that came through the proxy."""
-        found: dict[int, str] = {}
-        for pid in backend_pids:
-            address = self._local.get(pid)
-            if address is None and self._directory is not None:
-                address = _read(self._directory / str(pid))
-            if address is not None:
-                found[pid] = address
-        return found
+        wanted = set(backend_pids)
+        everyone = self.snapshot() if self._directory is not None else self._local
+        return {pid: address for pid, address in everyone.items() if pid in wanted}
 
     def snapshot(self) -> dict[int, str]:
         """Every session through the proxy (all workers) now: backend pid → address."""
@@ -71,29 +67,39 @@ class PeerRegistry:
         found: dict[int, str] = {}
         with contextlib.suppress(OSError):
             for entry in os.scandir(self._directory):
-                if entry.name.isdigit():
-                    address = _read(Path(entry.path))
-                    if address is not None:
-                        found[int(entry.name)] = address
+                parsed = _parse(entry.name)
+                if parsed is not None:
+                    found[parsed[0]] = parsed[2]
         found.update(self._local)
         return found
 
+    def _path(self, backend_pid: int, address: str) -> str:
+        assert self._directory is not None
+        return os.path.join(self._directory, f"{backend_pid} {os.getpid()} {_safe(address)}")
 
-def _read(path: Path) -> str | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+def _safe(address: str) -> str:
+    """An address as one file name component (a Unix socket path may hold ``/``)."""
+    return address.replace("/", "%2F").replace("\0", "")[:200]
+
+
+def _parse(name: str) -> tuple[int, int, str] | None:
+    """(backend pid, worker pid, address) from an entry's name; None for anything else."""
+    backend, _, rest = name.partition(" ")
+    worker, _, address = rest.partition(" ")
+    if not (backend.isdigit() and worker.isdigit() and address):
         return None
-    _, _, address = text.partition(" ")
-    return address or None
+    return int(backend), int(worker), address.replace("%2F", "/")
 
 
 def forget_worker(directory: Path, worker_pid: int) -> None:
     """Remove the entries written by ``worker_pid`` (it exited: its sessions are gone)."""
-    prefix = f"{worker_pid} "
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
-            path = Path(entry.path)
-            with contextlib.suppress(OSError, UnicodeDecodeError):
-                if path.read_text(encoding="utf-8").startswith(prefix):
-                    path.unlink()
+            parsed = _parse(entry.name)
+            if parsed is not None and parsed[1] == worker_pid:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

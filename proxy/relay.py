@@ -42,7 +42,8 @@ LOW_WATER = 64 * 1024
 def _peer(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple):
-        return f"{peer[0]}:{peer[1]}"
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
     return "unix" if peer is not None or transport.get_extra_info("socket") else "-"
 
 

@@ -27,7 +27,7 @@ import pytest
 from psycopg import sql
 
 from grammar import parse_clean_connection
-from proxy.clean_program import render_program
+from proxy.clean_program import render_explain, render_program
 from tests.conftest import PgServer, ProxyProcess, proxy_in_front_of
 from tests.e2e.victims import Victims
 
@@ -159,6 +159,12 @@ FUNCTIONS = [
         returns="json",
     ),
     _twin("pg_client_encoding", returns="name"),
+    _twin("concat", "text", "text", returns="text"),
+    _twin("concat", "text", "text", "text", "text", "text", returns="text"),
+    _twin("family", "inet", returns="int4"),
+    _twin("host", "inet", returns="text"),
+    _twin("name", "text", returns="name"),
+    _twin("format", "text", "text", "int4", returns="text"),
     _twin("current_user", returns="name"),
     Twin(
         "pg_stat_get_activity",
@@ -270,7 +276,11 @@ class Hostile:
         """Run ``statement``; fail if anything planted ran, else return its error if any."""
         error = None
         try:
-            assert conn.execute(statement).statusmessage == "CLEAN CONNECTION"
+            tag = "EXPLAIN" if statement.startswith("EXPLAIN") else "CLEAN CONNECTION"
+            cur = conn.execute(statement)
+            assert cur.statusmessage == tag
+            if cur.description is not None:
+                cur.fetchall()
         except psycopg.Error as exc:
             error = exc
         self.assert_untouched(statement)
@@ -347,14 +357,18 @@ def test_no_planted_object_runs_and_every_form_behaves(
 
         def ok(statement: str) -> None:
             notices.clear()
+            assert h.attempt(su, "EXPLAIN " + statement) is None  # terminates nothing
             assert h.attempt(su, statement) is None
             assert notices == [], notices
 
         def fails(statement: str, sqlstate: str, message: str, detail: str | None = None):
-            error = h.attempt(su, statement)
-            assert error is not None
-            assert (error.sqlstate, error.diag.message_primary) == (sqlstate, message)
-            assert error.diag.message_detail == detail
+            # EXPLAIN validates as the statement does (CHECK is reported, not raised).
+            forms = [statement] if sqlstate == "55006" else ["EXPLAIN " + statement, statement]
+            for form in forms:
+                error = h.attempt(su, form)
+                assert error is not None
+                assert (error.sqlstate, error.diag.message_primary) == (sqlstate, message)
+                assert error.diag.message_detail == detail
 
         # Every error path, with sessions (and a prepared transaction) that must survive.
         group = Victims(admin)
@@ -412,7 +426,8 @@ def test_no_planted_object_runs_and_every_form_behaves(
                     f"CLEAN CONNECTION TO ALL CHECK FORCE FOR DATABASE {h.target} TO USER {h.role}",
                     "55006",
                     busy,
-                    "There are 1 other session(s) and 1 prepared transaction(s) using the database.",
+                    # the whole database, every role (openGauss's CountOtherDBBackends)
+                    "There are 2 other session(s) and 1 prepared transaction(s) using the database.",
                 )
                 fails(
                     f"CLEAN CONNECTION TO ALL CHECK TO USER {h.role}",
@@ -506,6 +521,9 @@ _STATEMENTS = [
 ]
 # Words that may stand before "(" without being a function call.
 _KEYWORDS = {"AND", "OR", "NOT", "WHERE", "WHEN", "THEN", "ELSE", "IF", "IN", "ANY", "OPERATOR"}
+# ... and in the queries: subqueries, COALESCE, CAST (to a pg_catalog type).
+_KEYWORDS |= {"SELECT", "FROM", "JOIN", "LATERAL", "COALESCE", "CAST", "AS", "MATERIALIZED"}
+_KEYWORDS |= {"VALUES", "PEER"}  # EXPLAIN: the client addresses, a CTE "peer (pid, addr)"
 
 
 def _program(statement: str) -> str:
@@ -515,6 +533,15 @@ def _program(statement: str) -> str:
         encoding="UTF8",
         wait_seconds=15.0,
         check_seconds=5.0,
+    )
+
+
+def _explain(statement: str) -> str:
+    return render_explain(
+        parse_clean_connection(statement),
+        codec="utf-8",
+        encoding="UTF8",
+        peers={4242: "192.0.2.1:5"},
     )
 
 
@@ -544,8 +571,22 @@ def test_program_names_nothing_through_the_search_path(statement: str) -> None:
         assert word.upper() in _KEYWORDS, f"unqualified call of {word}"
 
 
+@pytest.mark.parametrize("statement", _STATEMENTS)
+def test_explain_query_names_nothing_through_the_search_path(statement: str) -> None:
+    code = _code(_explain(statement))
+    assert "IS DISTINCT" not in code.upper() and "::" not in code
+    assert re.findall(r"\bAS pg_catalog\.(\w+)", code)  # every cast's type qualified
+    assert not re.findall(r"\bAS (?:" + "|".join(SHADOWED_TYPES) + r")\b", code)
+    bare = re.sub(r"OPERATOR\(pg_catalog\.[^)\s]+\)", " ", code)
+    bare = re.sub(r"\(\*\)|\b\w+\.\*", " ", bare)
+    assert not re.findall(r"[-+*/<>=~!@#%^&|`?]", bare), bare
+    for word in re.findall(r"(?<![\w.])(\w+)\s*\(", bare):
+        assert word.upper() in _KEYWORDS, f"unqualified call of {word}"
+
+
 def test_every_function_called_has_a_planted_twin() -> None:
     """The run above is only as strong as the twins: keep them in step with the program."""
     planted = {twin.name for twin in FUNCTIONS} | set(AGGREGATES)
     for statement in _STATEMENTS:
         assert functions_called(_program(statement)) <= planted
+        assert functions_called(_explain(statement)) <= planted

@@ -36,6 +36,7 @@ def test_defaults() -> None:
     assert config.client_login_timeout == 60.0
     assert config.max_client_conn == 10000
     assert config.log_level == "info"
+    assert config.clean_without_force == "idle"
 
 
 def test_precedence_flag_env_toml_default(tmp_path: Path) -> None:
@@ -90,6 +91,15 @@ def test_client_limits_from_each_source(tmp_path: Path) -> None:
         ["--config", toml, "--client-login-timeout", "1", "--max-client-conn", "3"], env
     )
     assert (config.client_login_timeout, config.max_client_conn) == (1.0, 3)
+
+
+def test_clean_without_force_from_each_source(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path, 'clean-without-force = "none"\n')
+    assert load_config(["--config", toml], {}).clean_without_force == "none"
+    env = {"PGDP_CLEAN_WITHOUT_FORCE": "IDLE"}
+    assert load_config(["--config", toml], env).clean_without_force == "idle"
+    argv = ["--config", toml, "--clean-without-force", "none"]
+    assert load_config(argv, env).clean_without_force == "none"
 
 
 def test_env_numbers_and_data_dir(tmp_path: Path) -> None:
@@ -203,6 +213,8 @@ def one_line_error(argv: list[str], env: dict[str, str] | None = None) -> str:
         (["--max-client-conn", "2.5"], {}, "max-client-conn"),
         ([], {"PGDP_MAX_CLIENT_CONN": "-1"}, "max-client-conn"),
         ([], {"PGDP_LOG_LEVEL": "loud"}, "log-level"),
+        ([], {"PGDP_CLEAN_WITHOUT_FORCE": "busy"}, "clean-without-force"),
+        (["--clean-without-force", "all"], {}, "clean-without-force"),
         # argparse's own complaints are one line too, not usage text and SystemExit
         (["--max-message-size", "lots"], {}, "max-message-size"),
         (["--log-level", "loud"], {}, "log-level"),

@@ -32,7 +32,7 @@ def test_workers_see_each_others_sessions(tmp_path: Path) -> None:
 def test_a_dead_workers_entries_are_forgotten(tmp_path: Path) -> None:
     peers = PeerRegistry(tmp_path)
     peers.add(301, "192.0.2.1:1")
-    (tmp_path / "302").write_text("999999999 192.0.2.2:2", encoding="utf-8")  # another worker
+    (tmp_path / "302 999999999 192.0.2.2:2").touch()  # another worker's session
     forget_worker(tmp_path, 999999999)
     assert peers.snapshot() == {301: "192.0.2.1:1"}
     forget_worker(tmp_path, os.getpid())
@@ -40,7 +40,14 @@ def test_a_dead_workers_entries_are_forgotten(tmp_path: Path) -> None:
 
 
 def test_garbage_in_the_directory_is_ignored(tmp_path: Path) -> None:
-    (tmp_path / "notes").write_text("x", encoding="utf-8")
-    (tmp_path / "401").write_bytes(b"\xff\xfe")
-    (tmp_path / "402").write_text("12", encoding="utf-8")  # no address
+    for name in ("notes", "401", "402 12", "x 1 a", "403 y a", "404 1 "):
+        (tmp_path / name).touch()
     assert PeerRegistry(tmp_path).snapshot() == {}
+
+
+def test_unix_socket_paths_survive_the_file_name(tmp_path: Path) -> None:
+    one, two = PeerRegistry(tmp_path), PeerRegistry(tmp_path)
+    one.add(501, "/run/app/.s.PGSQL.5432")
+    assert two.snapshot() == {501: "/run/app/.s.PGSQL.5432"}
+    one.remove(501)
+    assert two.snapshot() == {}

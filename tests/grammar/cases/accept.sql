@@ -83,7 +83,10 @@ clean connection to all for database u&"d!0061t" UESCAPE '!' to user U&"\00DCber
 clean connection to all for database U&"a\\b" to user U&"\D83D\DE00"
 -- expect: CLEAN CONNECTION TO ALL FOR DATABASE "a\b" TO USER "😀"
 
-clean connection to node (U&"x#0041" /* c */ uescape /* d */ '#', y)
+--# openGauss's scanner takes UESCAPE only after spaces and -- comments (scan.l uescape)
+clean connection to node (U&"x#0041" -- c
+ uescape -- d
+ '#', y)
 -- expect: CLEAN CONNECTION TO NODE ("xA", "y")
 
 clean connection to all for U&"q""x"
@@ -123,3 +126,46 @@ clean connection to all for "ééééééééééééééééééééééééé�
 
 clean connection to all for db /* trailing */ -- and another
 -- expect: CLEAN CONNECTION TO ALL FOR DATABASE "db"
+
+--# openGauss identifiers: "#" and "$" continue a name (scan.l ident_cont)
+clean connection to all for database sales#2024
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "sales#2024"
+
+clean connection to all for Sales#Q$2024 to user Ops#1
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "sales#q$2024" TO USER "ops#1"
+
+clean connection to node (cn#1, dn$2#)
+-- expect: CLEAN CONNECTION TO NODE ("cn#1", "dn$2#")
+
+clean connection to all for db#--comment
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "db#"
+
+clean connection to all for x#/*c*/to y
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "x#" TO USER "y"
+
+--# words openGauss does not reserve are names (kwlist.h), though PostgreSQL reserves them
+clean connection to all for database isnull
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "isnull"
+
+clean connection to all to user lateral
+-- expect: CLEAN CONNECTION TO ALL TO USER "lateral"
+
+clean connection to all for system_user
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "system_user"
+
+clean connection to all for ISNULL to LATERAL;
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "isnull" TO USER "lateral"
+
+clean connection to node (isnull, lateral, system_user)
+-- expect: CLEAN CONNECTION TO NODE ("isnull", "lateral", "system_user")
+
+--# gram.y lists SELF under unreserved_keyword (kwlist.h says reserved)
+clean connection to all for self
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "self"
+
+--# keywords of openGauss only, unreserved there
+clean connection to all for database clean to user node
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "clean" TO USER "node"
+
+clean connection to all for nulls to user lateral
+-- expect: CLEAN CONNECTION TO ALL FOR DATABASE "nulls" TO USER "lateral"
