@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
+from . import hotpath
 from .logfmt import value
 from .streams import BackendStream, Dialect, Fields, FrontendStream, ReplyShaping, SessionState
 from .wire import ProtocolViolation, StartupKind, StartupPacket, StartupParser
@@ -88,11 +89,12 @@ class Session:
         self.user = params.get("user", "")
         self.database = params.get("database", self.user)
         self.application_name = params.get("application_name", "")
-        self.state = SessionState()
-        self.frontend = FrontendStream(
+        # The streams of the build in use (compiled or interpreted, see proxy.hotpath).
+        self.state = hotpath.SessionState()
+        self.frontend = hotpath.FrontendStream(
             self.state, max_message_size=self.max_message_size, dialect=self.dialect
         )
-        self.backend = BackendStream(
+        self.backend = hotpath.BackendStream(
             self.state, self._outcome if self.dialect is not None else None
         )
         self._enter(Phase.CONNECTING)

@@ -34,7 +34,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Protocol
+
+try:
+    import cython  # at compile time Cython's own; when interpreted, its pure-Python shadow
+except ModuleNotFoundError:  # interpreted, and Cython is not installed
+    # Bound through globals(): a plain assignment would redeclare the name for Cython.
+    globals()["cython"] = SimpleNamespace(compiled=False)
+
 
 from .wire import (
     ProtocolViolation,
@@ -363,10 +371,19 @@ class FrontendStream:
         might = self._might_rewrite
         scan = self._scan  # set when the first message is a Query/Parse scanned while pending
         unpack = _unpack_int32
+        compiled = cython.compiled
         # Hot loop: type bytes are literals (LOAD_CONST) rather than module globals.
         while n - pos >= 5:
             t = data[pos]
-            length = unpack(data, pos + 1)[0]
+            if compiled:  # four byte reads in C; struct's one call when interpreted
+                length = (
+                    (data[pos + 1] << 24)
+                    | (data[pos + 2] << 16)
+                    | (data[pos + 3] << 8)
+                    | data[pos + 4]
+                )
+            else:
+                length = unpack(data, pos + 1)[0]
             if length < 4 or length > max_size:
                 raise ProtocolViolation(f"invalid message length {length}")
             end = pos + 1 + length
@@ -699,8 +716,17 @@ class BackendStream:
         kinds = _BACKEND_KIND
         unpack = _unpack_int32
         completions = self._completions
+        compiled = cython.compiled
         while n - pos >= 5:
-            length = unpack(data, pos + 1)[0]
+            if compiled:
+                length = (
+                    (data[pos + 1] << 24)
+                    | (data[pos + 2] << 16)
+                    | (data[pos + 3] << 8)
+                    | data[pos + 4]
+                )
+            else:
+                length = unpack(data, pos + 1)[0]
             if length < 4:
                 raise ProtocolViolation(f"server sent invalid message length {length}")
             kind = kinds[data[pos]]

@@ -25,6 +25,9 @@ from proxy.streams import (
 from proxy.wire import ProtocolViolation, build_fields, command_complete, message, query
 from proxy.wire import ready_for_query as ready
 
+# Every test runs on the interpreted and the compiled build (tests/unit/conftest.py).
+pytestmark = pytest.mark.usefixtures("stream_build")
+
 MAX = 1 << 20
 
 

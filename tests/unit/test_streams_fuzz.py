@@ -10,12 +10,16 @@ from __future__ import annotations
 import random
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.clean import CleanConnectionDialect, CleanPlan
 from proxy.streams import BackendStream, FrontendStream, SessionState
 from proxy.wire import ProtocolViolation
+
+# Every test runs on the interpreted and the compiled build (tests/unit/conftest.py).
+pytestmark = pytest.mark.usefixtures("stream_build")
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
