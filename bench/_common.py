@@ -101,6 +101,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` plus that of its live descendants (the workers of
+    ``python -m proxy --workers N`` are children of the supervisor whose pid we hold)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(current)
+        todo.extend(children.get(current, ()))
+    return total
+
+
 def find_program(name: str) -> Path | None:
     """``name`` on PATH, else in the embedded PostgreSQL's bin directory."""
     found = shutil.which(name)
@@ -149,10 +171,54 @@ def proxy(
     scratch: Path,
     *,
     log_level: str = "warning",
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[Target]:
     """``python -m proxy`` of this checkout in a subprocess, relaying to ``upstream``."""
-    with proxy_from(ROOT, upstream, scratch, log_level=log_level) as run:
+    with proxy_from(ROOT, upstream, scratch, log_level=log_level, extra_args=extra_args) as run:
         yield run.target
+
+
+@contextlib.contextmanager
+def pump(upstream: Target, scratch: Path) -> Iterator[Target]:
+    """``bench/pump.py`` (a blind uvloop byte relay) in a subprocess, relaying to
+    ``upstream``: the floor for the proxy's CPU per transaction."""
+    port = free_port()
+    logfile = scratch / f"pump-{port}.log"
+    with open(logfile, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "pump.py"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--upstream",
+                f"{upstream.host}:{upstream.port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            wait_port("127.0.0.1", port, 30, proc)
+            yield Target("pump", "127.0.0.1", port, proc.pid)
+        finally:
+            died = proc.poll()
+            stop_process(proc)
+            if died is not None:
+                tail = logfile.read_text(errors="replace")[-3000:]
+                print(f"pump exited early with status {died}; log tail:\n{tail}", file=sys.stderr)
+
+
+def find_pgbouncer() -> Path | None:
+    """``pgbouncer`` on PATH, else where Debian's package puts it (/usr/sbin, which is not
+    on an ordinary user's PATH)."""
+    found = shutil.which("pgbouncer")
+    if found:
+        return Path(found)
+    for candidate in (Path("/usr/sbin/pgbouncer"), Path("/usr/local/sbin/pgbouncer")):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def _unprivileged_user() -> pwd.struct_passwd | None:
@@ -169,7 +235,7 @@ def pgbouncer(
     upstream: Target, scratch: Path, *, user: str, max_client_conn: int = 200, pool_size: int = 100
 ) -> Iterator[Target | None]:
     """PgBouncer in session mode in front of ``upstream``; ``None`` if it is not installed."""
-    program = shutil.which("pgbouncer")
+    program = find_pgbouncer()
     if program is None:
         yield None
         return

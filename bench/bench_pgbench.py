@@ -1,8 +1,12 @@
-"""pgbench throughput, 1-client p99 latency and connect time: direct vs PgBouncer vs proxy.
+"""pgbench throughput, 1-client latency and connect time: direct vs PgBouncer vs pump vs proxy.
 
 Run: ``.venv/bin/python bench/bench_pgbench.py [--duration 10] [--rounds 2] [--clients 8]``
 (``--upstream HOST:PORT`` to measure against an existing server instead of a fresh
-embedded PostgreSQL 18). PgBouncer (session mode) is measured when ``pgbouncer`` is on PATH.
+embedded PostgreSQL 18). PgBouncer (session mode) is measured when it is installed; the
+pump is ``bench/pump.py``, a blind uvloop byte relay (the floor for a Python middlebox).
+``--workers-compare`` measures ``--workers 1`` against ``--workers 2`` at 64 clients instead.
+``--json FILE`` keeps the medians, ``--plot FILE.png`` draws them (matplotlib), and
+``--plot-from FILE.json`` redraws and reprints from a kept file without measuring.
 
 Every measurement is interleaved: for each round, for each workload, each target runs back to
 back (the target order rotates from round to round), so drift on the machine hits all
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import statistics
@@ -28,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     Target,
     check_proxy_source,
-    cpu_seconds,
     find_program,
     pgbouncer,
     postgres,
     proxy,
     proxy_from,
+    pump,
+    tree_cpu_seconds,
 )
 
 WORKLOADS: dict[str, list[str]] = {
@@ -43,6 +49,18 @@ WORKLOADS: dict[str, list[str]] = {
     "tpc-b prepared": ["-M", "prepared"],
 }
 LATENCY_WORKLOAD = ["-S", "-M", "prepared"]
+WORKERS_COMPARE_CLIENTS = 64
+# Ratios shown when both targets ran: (label, numerator, denominator, metric).
+RATIOS = [
+    ("proxy/pump CPU µs/tx", "proxy", "pump", "cpu_us"),
+    ("proxy/pump TPS", "proxy", "pump", "tps"),
+    ("proxy/pgbouncer TPS", "proxy", "pgbouncer", "tps"),
+    ("proxy/direct TPS", "proxy", "direct", "tps"),
+    ("proxy/before TPS", "proxy", "before", "tps"),
+    ("proxy/before CPU µs/tx", "proxy", "before", "cpu_us"),
+    ("w2/w1 TPS", "proxy-w2", "proxy-w1", "tps"),
+    ("w2/w1 CPU µs/tx", "proxy-w2", "proxy-w1", "cpu_us"),
+]
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 _PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
@@ -91,14 +109,15 @@ def throughput(
     pgbench: Path, target: Target, args: argparse.Namespace, workload: list[str]
 ) -> Sample:
     extra = [*workload, "-c", str(args.clients), "-j", str(args.jobs), "-T", str(args.duration)]
-    cpu_before = cpu_seconds(target.pid) if target.pid and target.name != "direct" else None
+    watched = target.pid if target.name != "direct" else None
+    cpu_before = tree_cpu_seconds(watched) if watched else None
     started = time.monotonic()
     out = run_pgbench(pgbench, target, args, extra)
     elapsed = time.monotonic() - started
     cpu = cpu_us = None
     processed = _PROCESSED.search(out)
-    if cpu_before is not None and target.pid:
-        used = cpu_seconds(target.pid) - cpu_before
+    if cpu_before is not None and watched:
+        used = tree_cpu_seconds(watched) - cpu_before
         cpu = 100 * used / elapsed
         if processed and int(processed.group(1)):
             cpu_us = 1e6 * used / int(processed.group(1))
@@ -174,6 +193,8 @@ def measure(
                     f"round {rnd + 1} {name:<22} {target.name:<10} {sample.tps:10.1f} tps{cpu}",
                     file=sys.stderr,
                 )
+        if args.workers_compare:
+            continue  # throughput only
         for target in order:
             lat = latency(pgbench, target, args, logdir, str(rnd))
             res.latency.setdefault(target.name, []).append(lat)
@@ -193,96 +214,279 @@ def measure(
     return res
 
 
+def summarize(res: Results, names: list[str], args: argparse.Namespace) -> dict:
+    """The medians across rounds (and the per-round samples): what ``--json`` writes and
+    what the tables and the plot are drawn from."""
+
+    def med(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None
+
+    throughput_: dict[str, dict[str, dict]] = {}
+    for workload in WORKLOADS:
+        row = throughput_[workload] = {}
+        for name in names:
+            samples = res.runs.get((workload, name))
+            if not samples:
+                continue
+            row[name] = {
+                "tps": med([s.tps for s in samples]),
+                "cpu_pct": med([s.cpu for s in samples if s.cpu is not None]),
+                "cpu_us": med([s.cpu_us for s in samples if s.cpu_us is not None]),
+                "samples": [dataclasses.asdict(s) for s in samples],
+            }
+    latency_: dict[str, dict] = {}
+    for name in names:
+        lats = res.latency.get(name)
+        if not lats:
+            continue
+        connects = res.connect.get(name, [])
+        latency_[name] = {
+            "p50_ms": med([lat[0] for lat in lats]),
+            "p99_ms": med([lat[1] for lat in lats]),
+            "p999_ms": med([lat[2] for lat in lats]),
+            "connect_mean_ms": med([c[0] for c in connects]),
+            "connect_median_ms": med([c[1] for c in connects]),
+        }
+    return {
+        "settings": {
+            "clients": args.clients,
+            "jobs": args.jobs,
+            "duration": args.duration,
+            "rounds": args.rounds,
+            "scale": args.scale,
+            "connects": args.connects,
+            "proxy_workers": args.proxy_workers,
+            "workers_compare": args.workers_compare,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        "targets": names,
+        "throughput": throughput_,
+        "latency": latency_,
+    }
+
+
 def fmt_ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:.2f}" if num and den else "-"
 
 
-def report(res: Results, names: list[str], args: argparse.Namespace) -> None:
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
+def cell(value: float | None, fmt: str, unit: str = "") -> str:
+    return format(value, fmt) + unit if value is not None else "-"
 
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def report(summary: dict) -> None:
+    st, names = summary["settings"], summary["targets"]
+    boxes = [name for name in names if name != "direct"]  # the middleboxes (CPU measured)
+    ratios = [r for r in RATIOS if r[1] in names and r[2] in names]
+    workers = f", proxy --workers {st['proxy_workers']}" if st.get("proxy_workers") else ""
     print()
     print(
-        f"pgbench -n -c {args.clients} -j {args.jobs} -T {args.duration}, "
-        f"scale {args.scale}, {args.rounds} round(s), medians"
+        f"pgbench -n -c {st['clients']} -j {st['jobs']} -T {st['duration']}, "
+        f"scale {st['scale']}, {st['rounds']} round(s), medians{workers}"
     )
-    header = (
-        "| workload | direct TPS | pgbouncer TPS | proxy TPS | proxy/pgbouncer | proxy/direct "
-        "| pgbouncer CPU | proxy CPU | pgbouncer CPU µs/tx | proxy CPU µs/tx |"
-    )
-    print(header)
-    print("|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|")
-    for workload in WORKLOADS:
-        tps: dict[str, float | None] = {}
-        cpu: dict[str, float | None] = {}
-        cpu_us: dict[str, float | None] = {}
-        for name in ("direct", "pgbouncer", "proxy"):
-            samples = res.runs.get((workload, name))
-            tps[name] = med([s.tps for s in samples]) if samples else None
-            cpus = [s.cpu for s in samples or [] if s.cpu is not None]
-            cpu[name] = med(cpus) if cpus else None
-            per_tx = [s.cpu_us for s in samples or [] if s.cpu_us is not None]
-            cpu_us[name] = med(per_tx) if per_tx else None
+    rows = []
+    for workload, row in summary["throughput"].items():
 
-        def cell(value: float | None, fmt: str) -> str:
-            return format(value, fmt) if value is not None else "-"
+        def get(name: str, metric: str, row: dict = row) -> float | None:
+            return row.get(name, {}).get(metric)
 
-        print(
-            f"| {workload} | {cell(tps['direct'], '.0f')} | {cell(tps['pgbouncer'], '.0f')} "
-            f"| {cell(tps['proxy'], '.0f')} | {fmt_ratio(tps['proxy'], tps['pgbouncer'])} "
-            f"| {fmt_ratio(tps['proxy'], tps['direct'])} "
-            f"| {cell(cpu['pgbouncer'], '.0f')}{'%' if cpu['pgbouncer'] is not None else ''} "
-            f"| {cell(cpu['proxy'], '.0f')}{'%' if cpu['proxy'] is not None else ''} "
-            f"| {cell(cpu_us['pgbouncer'], '.1f')} | {cell(cpu_us['proxy'], '.1f')} |"
+        rows.append(
+            [
+                workload,
+                *(cell(get(name, "tps"), ".0f") for name in names),
+                *(cell(get(name, "cpu_us"), ".1f") for name in boxes),
+                *(fmt_ratio(get(num, metric), get(den, metric)) for _, num, den, metric in ratios),
+            ]
         )
+    table(
+        [
+            "workload",
+            *(f"{name} TPS" for name in names),
+            *(f"{name} CPU µs/tx" for name in boxes),
+            *(label for label, *_ in ratios),
+        ],
+        rows,
+    )
     print(
-        "CPU: user+system time of the PgBouncer / proxy process during the run, as % of one "
-        "core and per processed transaction"
+        "CPU µs/tx: user+system time of the middlebox process (and its children: --workers) "
+        "during the run per processed transaction; direct has no middlebox"
     )
-    if "before" in names:
-        print()
-        print(
-            "| workload | before TPS | proxy TPS | ratio | before CPU µs/tx | proxy CPU µs/tx | ratio |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for workload in WORKLOADS:
-            row = {}
-            for name in ("before", "proxy"):
-                samples = res.runs.get((workload, name)) or []
-                per_tx = [s.cpu_us for s in samples if s.cpu_us is not None]
-                row[name] = (
-                    med([s.tps for s in samples]) if samples else None,
-                    med(per_tx) if per_tx else None,
-                )
-            (b_tps, b_cpu), (p_tps, p_cpu) = row["before"], row["proxy"]
-            print(
-                f"| {workload} | {b_tps or 0:.0f} | {p_tps or 0:.0f} | {fmt_ratio(p_tps, b_tps)} "
-                f"| {b_cpu or 0:.1f} | {p_cpu or 0:.1f} | {fmt_ratio(p_cpu, b_cpu)} |"
-            )
+    print()
+    table(
+        ["workload", *(f"{name} CPU" for name in boxes)],
+        [
+            [workload, *(cell(row.get(name, {}).get("cpu_pct"), ".0f", "%") for name in boxes)]
+            for workload, row in summary["throughput"].items()
+        ],
+    )
+    print("CPU: the same time as % of one core")
+    lat = summary["latency"]
+    if not lat:
+        return
     print()
     print(
-        f"1 client, select-only prepared, -T {args.duration}, per-transaction log (-l); "
+        f"1 client, select-only prepared, -T {st['duration']}, per-transaction log (-l); "
         "median across rounds of each round's percentile"
     )
-    print("| target | p50 ms | p99 ms | p99.9 ms | connect mean ms | connect median ms |")
-    print("|---|---|---|---|---|---|")
+    base = lat.get("direct", {}).get("p50_ms")
+    rows = []
     for name in names:
-        lats = res.latency.get(name, [])
-        p50, p99, p999 = (med([lat[i] for lat in lats]) for i in range(3))
-        mean = med([c[0] for c in res.connect[name]])
-        median = med([c[1] for c in res.connect[name]])
-        print(f"| {name} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {mean:.3f} | {median:.3f} |")
-    print()
-    print(
-        f"connect: mean and median of {args.connects} sequential psycopg connect + select 1 + close "
-        "(sslmode=disable), median across rounds"
+        if name not in lat:
+            continue
+        one = lat[name]
+        added = one["p50_ms"] - base if base is not None and name != "direct" else None
+        rows.append(
+            [
+                name,
+                cell(one["p50_ms"], ".3f"),
+                cell(added, "+.3f"),
+                cell(one["p99_ms"], ".3f"),
+                cell(one["p999_ms"], ".3f"),
+                cell(one["connect_mean_ms"], ".3f"),
+                cell(one["connect_median_ms"], ".3f"),
+            ]
+        )
+    table(
+        [
+            "target",
+            "p50 ms",
+            "p50 added ms",
+            "p99 ms",
+            "p99.9 ms",
+            "connect mean ms",
+            "connect median ms",
+        ],
+        rows,
     )
+    print("p50 added: the target's p50 − direct's p50")
+    print(
+        f"connect: mean and median of {st['connects']} sequential psycopg connect + select 1 "
+        "+ close (sslmode=disable), median across rounds"
+    )
+
+
+COLORS = {
+    "direct": "#7f7f7f",
+    "pgbouncer": "#1f77b4",
+    "pump": "#2ca02c",
+    "proxy": "#d62728",
+    "before": "#ff9896",
+    "proxy-w1": "#d62728",
+    "proxy-w2": "#9467bd",
+}
+
+
+def plot(summary: dict, path: Path) -> None:
+    """One row per workload: TPS bars and middlebox CPU µs/tx bars for every target."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "--plot needs matplotlib: pip install -e '.[bench]' "
+            "(or pip install 'matplotlib>=3.7,<4'); the run's numbers are in --json if given"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st, names = summary["settings"], summary["targets"]
+    workloads = list(summary["throughput"])
+    fig, axes = plt.subplots(
+        len(workloads), 2, figsize=(11, 2.6 * len(workloads) + 0.8), squeeze=False
+    )
+    colors = [COLORS.get(name, "#8c564b") for name in names]
+    for (ax_tps, ax_cpu), workload in zip(axes, workloads, strict=True):
+        row = summary["throughput"][workload]
+        for ax, metric, label, fmt in (
+            (ax_tps, "tps", "TPS", "{:.0f}"),
+            (ax_cpu, "cpu_us", "middlebox CPU µs/tx", "{:.1f}"),
+        ):
+            values = [row.get(name, {}).get(metric) for name in names]
+            heights = [v or 0 for v in values]
+            bars = ax.bar(names, heights, color=colors)
+            ax.bar_label(
+                bars,
+                labels=[fmt.format(v) if v is not None else "n/a" for v in values],
+                fontsize=8,
+                padding=2,
+            )
+            ax.set_title(f"{workload}: {label}", fontsize=10)
+            ax.set_ylim(0, max(heights, default=0) * 1.18 or 1)
+            ax.tick_params(axis="x", labelsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+    workers = f", proxy --workers {st['proxy_workers']}" if st.get("proxy_workers") else ""
+    fig.suptitle(
+        f"pgbench -c {st['clients']} -j {st['jobs']} -T {st['duration']}, scale {st['scale']}, "
+        f"median of {st['rounds']} interleaved round(s){workers} ({st.get('date', '')})",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot written to {path}", file=sys.stderr)
+
+
+def start_targets(
+    args: argparse.Namespace, direct: Target, scratch: Path, stack: contextlib.ExitStack
+) -> list[Target]:
+    """Start the middleboxes; the targets in their first-round order."""
+    log_level = args.proxy_log_level
+    if args.workers_compare:
+        return [
+            dataclasses.replace(
+                stack.enter_context(
+                    proxy(direct, scratch, log_level=log_level, extra_args=("--workers", str(n)))
+                ),
+                name=f"proxy-w{n}",
+            )
+            for n in (1, 2)
+        ]
+    workers = ("--workers", str(args.proxy_workers)) if args.proxy_workers else ()
+    targets = [direct]
+    bouncer = None
+    if not args.no_pgbouncer:
+        bouncer = stack.enter_context(
+            pgbouncer(
+                direct,
+                scratch,
+                user=args.user,
+                max_client_conn=max(200, 2 * args.clients),
+                pool_size=max(args.clients, 20) + 10,
+            )
+        )
+    if bouncer is None:
+        print("pgbouncer not installed (or --no-pgbouncer): skipped", file=sys.stderr)
+    else:
+        targets.append(bouncer)
+    if not args.no_pump:
+        targets.append(stack.enter_context(pump(direct, scratch)))
+    targets.append(
+        stack.enter_context(proxy(direct, scratch, log_level=log_level, extra_args=workers))
+    )
+    if args.compare_src:
+        check_proxy_source(args.compare_src)
+        run = stack.enter_context(
+            proxy_from(args.compare_src, direct, scratch, log_level=log_level, extra_args=workers)
+        )
+        targets.append(dataclasses.replace(run.target, name="before"))
+    return targets
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per pgbench run [10]")
-    parser.add_argument("--clients", type=int, default=8, help="pgbench -c [8]")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        help=f"pgbench -c [8; {WORKERS_COMPARE_CLIENTS} with --workers-compare]",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="pgbench -j (threads) [2]")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds [2]")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale [10]")
@@ -302,9 +506,52 @@ def main() -> None:
         "--proxy-log-level", default="warning", help="proxy --log-level during the run [warning]"
     )
     parser.add_argument(
+        "--proxy-workers",
+        type=int,
+        metavar="N",
+        help="run the proxy (and --compare-src's) with --workers N [its default, 1]",
+    )
+    parser.add_argument(
+        "--workers-compare",
+        action="store_true",
+        help="instead of the usual targets: proxy --workers 1 vs --workers 2 (targets "
+        f"proxy-w1, proxy-w2), interleaved, throughput only, -c {WORKERS_COMPARE_CLIENTS} "
+        "unless --clients",
+    )
+    parser.add_argument(
         "--no-pgbouncer", action="store_true", help="skip PgBouncer even if installed"
     )
+    parser.add_argument("--no-pump", action="store_true", help="skip the blind byte pump")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the medians as JSON")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw TPS and CPU µs/tx bars per workload (needs matplotlib: pip install -e '.[bench]')",
+    )
+    parser.add_argument(
+        "--plot-from",
+        type=Path,
+        metavar="FILE.json",
+        help="measure nothing: reprint the tables of a --json file (and --plot it)",
+    )
     args = parser.parse_args()
+
+    if args.plot_from:
+        summary = json.loads(args.plot_from.read_text())
+        report(summary)
+        if args.plot:
+            plot(summary, args.plot)
+        return
+    if args.workers_compare and (args.proxy_workers or args.compare_src):
+        parser.error("--workers-compare runs its own two proxies: no --proxy-workers/--compare-src")
+    if args.clients is None:
+        args.clients = WORKERS_COMPARE_CLIENTS if args.workers_compare else 8
+    if args.plot:  # fail now rather than after the run
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install -e '.[bench]'")
 
     pgbench = find_program("pgbench")
     if pgbench is None:
@@ -315,27 +562,18 @@ def main() -> None:
         if not args.skip_init:
             print(f"pgbench -i -s {args.scale} ...", file=sys.stderr)
             run_pgbench(pgbench, direct, args, ["-i", "-q", "-s", str(args.scale)])
-        targets = [direct]
-        bouncer = None
-        if not args.no_pgbouncer:
-            bouncer = stack.enter_context(
-                pgbouncer(direct, scratch, user=args.user, pool_size=max(args.clients, 20) + 10)
-            )
-        if bouncer is None:
-            print("pgbouncer not on PATH (or --no-pgbouncer): skipped", file=sys.stderr)
-        else:
-            targets.append(bouncer)
-        targets.append(stack.enter_context(proxy(direct, scratch, log_level=args.proxy_log_level)))
-        if args.compare_src:
-            check_proxy_source(args.compare_src)
-            run = stack.enter_context(
-                proxy_from(args.compare_src, direct, scratch, log_level=args.proxy_log_level)
-            )
-            targets.append(dataclasses.replace(run.target, name="before"))
+        targets = start_targets(args, direct, scratch, stack)
         logdir = scratch / "pgbench-logs"
         logdir.mkdir()
         res = measure(pgbench, targets, args, logdir)
-    report(res, [t.name for t in targets], args)
+    summary = summarize(res, [t.name for t in targets], args)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        print(f"medians written to {args.json}", file=sys.stderr)
+    report(summary)
+    if args.plot:
+        plot(summary, args.plot)
 
 
 if __name__ == "__main__":
