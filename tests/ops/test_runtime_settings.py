@@ -234,3 +234,37 @@ def test_application_name_add_host(start_proxy, pg: PgServer, admin) -> None:
             (conn.info.backend_pid,),
         ).fetchone()
         assert name == "billing"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "é" * 40,  # 80 bytes; PostgreSQL 16+ shows each non-ASCII byte as \xNN
+        "tab\there\x7f" * 10,  # control characters: \xNN (16+) or ? (up to 15)
+        "a" * 200,
+        "fake - 6.6.6.6:1",  # a forged suffix stays in front of the real one
+        "",
+        "日本語のアプリ" * 3 + "\U0001f600",
+    ],
+    ids=["non-ascii", "control", "long", "forged", "empty", "cjk"],
+)
+def test_application_name_add_host_with_hostile_names(
+    start_proxy, pg: PgServer, admin, hostile: str
+) -> None:
+    proxy = start_proxy("--application-name-add-host")
+    with psycopg.connect(proxy.dsn(), application_name=hostile, autocommit=True) as conn:
+        host, port = _local_address(conn)
+        (shown, length) = admin.execute(
+            "select application_name, octet_length(application_name) from pg_stat_activity"
+            " where pid = %s",
+            (conn.info.backend_pid,),
+        ).fetchone()
+    suffix = f" - {host}:{port}"
+    assert length <= 63
+    if hostile == "":  # libpq sends no empty application_name: the address alone
+        assert shown == f"{host}:{port}"
+        return
+    assert shown.endswith(suffix), shown
+    if hostile.isascii() and hostile.isprintable():  # shortened only as much as needed
+        kept = shown[: -len(suffix)]
+        assert hostile.startswith(kept) and len(kept) == min(len(hostile), 63 - len(suffix))

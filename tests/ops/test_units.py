@@ -85,6 +85,34 @@ def test_application_name_gets_the_client_address() -> None:
     assert len(name.encode()) <= 63 and name.endswith(" - 127.0.0.1:65535")
 
 
+def test_application_name_budget_counts_the_servers_cleaning() -> None:
+    def name(app: str, address: str = "127.0.0.1:65535") -> bytes:
+        packet = _startup(user="u", application_name=app)
+        out = StartupPacket(StartupKind.STARTUP, with_client_address(packet, address))
+        (value,) = [v for k, v in _raw_parameters(out.raw) if k == b"application_name"]
+        return value
+
+    budget = 63 - len(" - 127.0.0.1:65535")
+    # Every non-printable-ASCII byte counts 4 (PostgreSQL 16+ shows it as \xNN).
+    assert name("é" * 40) == "é".encode() * (budget // 8) + b" - 127.0.0.1:65535"
+    assert name("a" + "\U0001f600" * 3) == b"a" + "\U0001f600".encode() * 2 + b" - 127.0.0.1:65535"
+    # A character cut in its middle goes whole; a complete last one stays.
+    assert name("ab" + "€" * 9)[:-18].decode() == "ab" + "€" * ((budget - 2) // 12)
+    assert name("a" * budget) == b"a" * budget + b" - 127.0.0.1:65535"
+    assert name("a" * (budget + 1)) == b"a" * budget + b" - 127.0.0.1:65535"
+
+
+def test_application_name_never_grows_a_packet_past_the_servers_bound() -> None:
+    big = _startup(user="u", options="x" * (10_000 - 30))
+    assert len(big.raw) <= 10_000
+    assert with_client_address(big, "127.0.0.1:65535") == big.raw
+
+
+def _raw_parameters(raw: bytes) -> list[tuple[bytes, bytes]]:
+    items = raw[8:].split(b"\0")
+    return [(k, v) for k, v in zip(items[0::2], items[1::2], strict=False) if k]
+
+
 def test_new_options_and_their_errors() -> None:
     config = load_config(
         [
