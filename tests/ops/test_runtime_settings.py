@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -114,6 +115,75 @@ def test_sighup_reloads_level_format_and_certificate(
     log = proxy.log()
     assert "quiet_one" not in log and '"app": "n3"' not in log
     assert "Traceback" not in log
+
+
+def _children(pid: int) -> list[int]:
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _json_records(log: str) -> list[dict]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def test_sighup_with_workers_reloads_every_worker_and_later_ones(
+    start_proxy, pg: PgServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "proxy.toml"
+    _toml(config, workers=2)
+    proxy = start_proxy("--config", str(config))
+    supervisor = proxy.process.pid
+    wait_until(lambda: len(_children(supervisor)) == 2, 10, "two workers")
+    wait_until(lambda: proxy.log().count("listening on") == 2, 10, "both workers listening")
+    workers = set(_children(supervisor))
+
+    # An invalid file: one error line (the supervisor's), nothing changes anywhere.
+    config.write_text("workers = [\n")
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed, settings unchanged" in proxy.log(), 10, "the refusal")
+
+    _toml(config, workers=3, log_format="json", clean_wait_timeout=3)
+    proxy.process.send_signal(signal.SIGHUP)
+
+    def reloaded_pids() -> set[int]:
+        """The processes that logged a reload (in text, or in JSON: a worker may still
+        be reading the file when the test rewrites it, and reload twice)."""
+        lines = [x for x in proxy.log().splitlines() if "configuration reloaded" in x]
+        found = [re.search(r'\[(\d+)\]|"pid": (\d+)', x) for x in lines]
+        return {int(m.group(1) or m.group(2)) for m in found if m}
+
+    wait_until(lambda: reloaded_pids() == workers, 10, "every worker reloaded")
+    log = proxy.log()
+    assert log.count("reload failed, settings unchanged") == 1
+    assert log.count("take(s) effect only on a restart") == 1
+    assert "reload: workers changed but take(s) effect only on a restart; kept" in log
+    with proxy.connect(application_name="after_reload") as conn:
+        conn.execute("select 1")
+    wait_until(
+        lambda: any(r.get("app") == "after_reload" for r in _json_records(proxy.log())),
+        10,
+        "a JSON record from a worker",
+    )
+
+    # A worker started again later runs with the reloaded settings, not the first ones.
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor),
+        10,
+        "the worker started again",
+    )
+    (restarted,) = set(_children(supervisor)) - workers
+    listening = wait_until(
+        lambda: [
+            r
+            for r in _json_records(proxy.log())
+            if r["pid"] == restarted and r["event"].startswith("listening on")
+        ],
+        10,
+        "the new worker's JSON listening record",
+    )
+    assert listening
+    assert len(_children(supervisor)) == 2  # workers = 3 needs a restart: still two
 
 
 # --- TCP keepalive ---------------------------------------------------------------------
