@@ -171,13 +171,16 @@ def test_audit_text_line_is_one_line(tmp_path) -> None:
     assert json.loads(line)["sessions"][0]["pid"] == 9 and seen == [record]
 
 
-def _client(user: str, database: str, phase: str = "RELAY") -> SimpleNamespace:
+def _client(
+    user: str, database: str, phase: str = "RELAY", logged_in: bool = True
+) -> SimpleNamespace:
     session = SimpleNamespace(
         user=user,
         database=database,
         phase=SimpleNamespace(name=phase),
         frontend=object(),
         state=SimpleNamespace(groups_sent=2, answering_group=1),
+        login_complete=lambda: logged_in,
     )
     return SimpleNamespace(session=session, tls_handshaking=False, bytes_in=10, server_bytes_in=20)
 
@@ -203,3 +206,20 @@ def test_metrics_sample_bounds_labels_and_counts_deltas() -> None:
     assert get("pgdp_bytes_total", direction="server_to_client") == 80
     assert get("pgdp_message_groups_total", direction="client_to_server") == 8
     assert get("pgdp_message_groups_total", direction="server_to_client") == 8
+
+
+def test_metrics_labels_are_claimed_by_logged_in_sessions_only() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, label_limit=1)
+    metrics.sample([_client("anyone", "chosen", logged_in=False), _client("u", "real")])
+    assert registry.get_sample_value("pgdp_client_connections_by_database", {"database": "real"})
+    assert registry.get_sample_value("pgdp_client_connections_by_user", {"user": OTHER}) == 1
+    assert (
+        registry.get_sample_value("pgdp_client_connections_by_database", {"database": "chosen"})
+        is None
+    )
+    # Once a name has its label, sessions still logging in with it use it too.
+    metrics.sample([_client("u", "real", logged_in=False)])
+    assert (
+        registry.get_sample_value("pgdp_client_connections_by_database", {"database": "real"}) == 1
+    )
