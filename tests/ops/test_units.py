@@ -41,6 +41,26 @@ def test_pairs_and_event() -> None:
     assert event == "opened"
 
 
+@pytest.mark.parametrize(
+    ("message", "event"),
+    [
+        ("conn=1 client=1.2.3.4:5 user=u db=d opened app=x upstream=h:1", "opened"),
+        ("conn=1 user=u protocol violation: invalid message length 7", "protocol violation"),
+        ("listening on 127.0.0.1:6432, upstream 127.0.0.1:5432", "listening on"),
+        (
+            "file descriptor limit 1024 (soft limit was 1024, hard limit 4096)",
+            "file descriptor limit",
+        ),
+        ("reload failed, settings unchanged: bad", "reload failed"),
+        ("conn=2 TLS handshake failed: [SSL] wrong version", "TLS handshake failed"),
+        ("stopping (graceful)", "stopping"),
+        ("42", "42"),
+    ],
+)
+def test_json_event_is_the_lines_leading_words(message: str, event: str) -> None:
+    assert json.loads(JsonFormatter().format(_record(message)))["event"] == event
+
+
 def test_json_formatter_one_line_with_fields() -> None:
     hostile = 'evil\n{"level": "error"}\u2028'
     line = JsonFormatter().format(
