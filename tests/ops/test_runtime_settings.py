@@ -117,6 +117,29 @@ def test_sighup_reloads_level_format_and_certificate(
     assert "Traceback" not in log
 
 
+def test_sighup_changes_limits_and_clean_settings(
+    start_proxy, pg: PgServer, make_db, victims, tmp_path: Path
+) -> None:
+    config = tmp_path / "proxy.toml"
+    _toml(config, max_client_conn=5, clean_without_force="idle")
+    proxy = start_proxy("--config", str(config))
+    db = make_db()
+    victims.open("before", pg.dsn(db))
+    with proxy.connect() as conn, proxy.connect():  # two clients: under the limit
+        conn.execute(f"CLEAN CONNECTION TO ALL FOR DATABASE {db}")
+    victims.assert_fate({"before"})  # without FORCE: idle sessions go
+
+    _toml(config, max_client_conn=1, clean_without_force="none")
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in proxy.log(), 10, "the reload")
+    victims.open("after", pg.dsn(db))
+    with proxy.connect() as conn:
+        conn.execute(f"CLEAN CONNECTION TO ALL FOR DATABASE {db}")
+        with pytest.raises(psycopg.OperationalError, match="too many clients"):
+            proxy.connect()
+    victims.assert_fate({"before"})  # clean-without-force none: nothing terminated
+
+
 def _children(pid: int) -> list[int]:
     return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -272,11 +295,14 @@ def test_keepalive_on_both_sockets(start_proxy, pg: PgServer) -> None:
 
 
 def test_keepalive_defaults_are_on_with_the_os_timers(start_proxy, pg: PgServer) -> None:
+    if pg.host.startswith("/"):
+        pytest.skip("the server is reached over a Unix socket")
     proxy = start_proxy()
     idle = int(Path("/proc/sys/net/ipv4/tcp_keepalive_time").read_text())
     with proxy.connect() as conn:
         conn.execute("select 1")
         legs = _legs(proxy.process.pid, _local_address(conn), pg)
+        assert set(legs) == {"client", "server"}
         for name, sock in legs.items():
             with sock:
                 assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, name
