@@ -135,6 +135,20 @@ def test_refusals_by_reason_and_tls_failures(start_proxy, pg: PgServer, tmp_path
     assert http_get(down_address, "/healthz") == (503, "last upstream connect failed\n")
 
 
+def test_connections_by_phase(start_proxy, pg: PgServer, certs: dict[str, Path]) -> None:
+    proxy = start_proxy(*METRICS, "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"]))
+    address = metrics_address(proxy)
+    connections = "pgdp_client_connections"
+    with _raw(proxy), _raw(proxy) as handshaking, proxy.connect(sslmode="disable"):
+        handshaking.sendall(struct.pack("!II", 8, 80877103))
+        assert handshaking.recv(1) == b"S"  # then no ClientHello: the handshake waits
+        samples = wait_metric(address, connections, lambda v: v == 1, "tls", phase="tls")
+        assert value(samples, connections, phase="startup") == 1
+        assert value(samples, connections, phase="relay") == 1
+    samples = wait_metric(address, connections, lambda v: v == 0, "all closed")
+    assert value(samples, "pgdp_client_connections_accepted_total") == 3
+
+
 def test_healthz_503_while_draining(start_proxy, pg: PgServer) -> None:
     proxy = start_proxy(*METRICS, "--shutdown-timeout", "60")
     address = metrics_address(proxy)
