@@ -58,6 +58,7 @@ class _Launch:
     base: Config | None = None  # the configuration as loaded (before the port was pinned)
     worker: int = 0
     multiprocess: bool = False  # metrics values go to the supervisor's directory
+    supervised: bool = False  # a worker: the supervisor reports reload problems, once
 
 
 def run(config: Config, argv: list[str] | None = None) -> None:
@@ -179,6 +180,10 @@ def _run_workers(launch: _Launch) -> None:
             metrics_module.remove_multiprocess_dir(directory)
             raise
 
+    # What a worker is started with; a reload in this process updates it, so that a
+    # worker started again after a SIGHUP runs with the reloaded settings.
+    current = dataclasses.replace(launch, config=pinned, supervised=True)
+
     def work(index: int) -> None:
         holder.close()
         if endpoint is not None:
@@ -186,8 +191,7 @@ def _run_workers(launch: _Launch) -> None:
         first = index == 0
         _run_loop(
             dataclasses.replace(
-                launch,
-                config=pinned,
+                current,
                 embedded=launch.embedded if first else None,
                 fd_limits=launch.fd_limits if first else None,
                 worker=index,
@@ -201,11 +205,15 @@ def _run_workers(launch: _Launch) -> None:
         metrics_module.worker_exited(worker_pid)
 
     def reload_here() -> None:
-        try:
-            new = load_config(list(launch.argv))
-        except ConfigError:
-            return  # each worker logs why
-        configure_logging(new.log_level, new.log_format, workers=True)
+        """SIGHUP in the supervisor (then forwarded to every worker): the problems are
+        reported here, once, and the workers started from now on get the new settings."""
+        nonlocal current
+        reloaded = reload_config(current, report=True)
+        if reloaded is None:
+            return
+        config, tls = reloaded
+        configure_logging(config.log_level, config.log_format, workers=True)
+        current = dataclasses.replace(current, config=config, tls=tls)
 
     try:
         supervise(launch.config.workers, work, on_exit=exited, on_reload=reload_here)
@@ -347,35 +355,49 @@ def _sampling_on(loop: asyncio.AbstractEventLoop, metrics, server: ProxyServer):
     return refresh
 
 
+def reload_config(launch: _Launch, *, report: bool) -> tuple[Config, ssl.SSLContext | None] | None:
+    """SIGHUP: the command line, environment and config file read again, with the TLS
+    context of the new certificate; None when they are invalid (logged, when
+    ``report``). Settings that need a restart keep the values ``launch`` runs with and,
+    when ``report``, are named in one warning line."""
+    try:
+        new = load_config(list(launch.argv), dict(os.environ))
+        tls = client_tls_context(new)
+    except ConfigError as exc:
+        (log.error if report else log.debug)(
+            "reload failed, settings unchanged: %s", value(str(exc))
+        )
+        return None
+    restart = (launch.base or launch.config).needs_restart(new)
+    if restart and report:
+        log.warning(
+            "reload: %s changed but take(s) effect only on a restart; kept", ", ".join(restart)
+        )
+    current = launch.config
+    merged = dataclasses.replace(new, **{name: getattr(current, name) for name in RESTART_SETTINGS})
+    return merged, tls
+
+
 class _Reloader:
     """SIGHUP: read the command line, environment and config file again and apply what
     can change at run time (log level and format, TLS certificate and key for new
     handshakes, timeouts, limits, CLEAN settings, audit file, keepalive, application
     name) to the sessions that start from now on; settings that need a restart are named
-    in one warning and kept. An invalid configuration changes nothing and is logged."""
+    in one warning and kept. An invalid configuration changes nothing and is logged.
+    In a worker, the supervisor has reported both already: the worker says nothing of them."""
 
     def __init__(self, launch: _Launch, server: ProxyServer, dialect, metrics) -> None:  # type: ignore[no-untyped-def]
         self.launch, self.server, self.dialect, self.metrics = launch, server, dialect, metrics
-        self.base = launch.base or launch.config
 
     def __call__(self) -> None:
-        try:
-            new = load_config(list(self.launch.argv), dict(os.environ))
-            tls = client_tls_context(new)
-        except ConfigError as exc:
-            log.error("reload failed, settings unchanged: %s", value(str(exc)))
-            return
         runtime = self.server.runtime
-        current = runtime.config
-        restart = self.base.needs_restart(new)
-        if restart:
-            log.warning(
-                "reload: %s changed but take(s) effect only on a restart; kept",
-                ", ".join(restart),
-            )
-        merged = dataclasses.replace(
-            new, **{name: getattr(current, name) for name in RESTART_SETTINGS}
+        reloaded = reload_config(
+            dataclasses.replace(self.launch, config=runtime.config),
+            report=not self.launch.supervised,
         )
+        if reloaded is None:
+            return
+        merged, tls = reloaded
         # Said in the old format and level: the last line before they change.
         log.info(
             "configuration reloaded: log-level %s, log-format %s, tls %s",

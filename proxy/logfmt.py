@@ -153,9 +153,27 @@ def pairs(message: str) -> tuple[dict[str, str], str]:
     return found, " ".join(" ".join(words).split())
 
 
+_EVENT_WORD = re.compile(r"[A-Za-z][A-Za-z_-]*")
+
+
+def event_name(words: str) -> str:
+    """What a log line says happened, stable from one line to the next: the leading plain
+    words of its text (``opened``, ``protocol violation``, ``listening on``), without the
+    numbers, addresses and details that follow (up to the first ``:`` or ``,``)."""
+    found: list[str] = []
+    for word in words.split():
+        bare = word.rstrip(":,;")
+        if not _EVENT_WORD.fullmatch(bare):
+            break
+        found.append(bare)
+        if bare != word:
+            break
+    return " ".join(found) or words
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line with stable field names: ``time`` (UTC, ISO 8601),
-    ``level``, ``logger``, ``pid``, ``event``, the message's ``key=value`` fields (``conn``,
+    ``level``, ``logger``, ``pid``, ``event`` (:func:`event_name`), the message's ``key=value`` fields (``conn``,
     ``client``, ``user``, ``db``, ``app``, ...), ``message`` (the whole text line), and
     any mapping passed as ``extra={"fields": {...}}`` (the audit record's). Non-ASCII and
     control characters are escaped by the JSON encoding: a record is always one line."""
@@ -169,7 +187,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": record.process,
-            "event": getattr(record, "event", None) or event,
+            "event": getattr(record, "event", None) or event_name(event),
         }
         for key, text in found.items():
             entry.setdefault(key, text)

@@ -305,9 +305,12 @@ class Metrics:
                 totals[2] += state.groups_sent
                 totals[3] += state.answering_group + 1  # ReadyForQuery messages (from -1)
             if session.user:
-                database = self._label("database", session.database)
+                # Only a logged-in session claims a label: names sent before
+                # authentication are anyone's to choose.
+                claim = session.login_complete()
+                database = self._label("database", session.database, claim)
                 databases[database] = databases.get(database, 0) + 1
-                user = self._label("user", session.user)
+                user = self._label("user", session.user, claim)
                 users[user] = users.get(user, 0) + 1
         for gauge, count in zip(self._phase_gauges, phases, strict=True):
             gauge.set(count)
@@ -318,11 +321,13 @@ class Metrics:
         for name, count in users.items():
             self.by_user.labels(name).set(count)
 
-    def _label(self, kind: str, name: str) -> str:
+    def _label(self, kind: str, name: str, claim: bool) -> str:
+        """``name`` as a label value if it has one, or gets one now (``claim``: only
+        while fewer than ``label_limit`` have been given), else ``other``."""
         seen = self._labels[kind]
         if name in seen:
             return name
-        if len(seen) < self.label_limit:
+        if claim and len(seen) < self.label_limit:
             seen[name] = None
             return name
         return OTHER

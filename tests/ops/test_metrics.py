@@ -4,6 +4,7 @@ real clients use the proxy in front of a real PostgreSQL; /healthz."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import struct
@@ -15,6 +16,7 @@ import pytest
 from tests.conftest import PgServer, wait_until
 from tests.e2e.victims import Victims
 from tests.ops.conftest import http_get, metrics_address, scrape, value, wait_metric
+from tests.rawpg import startup_packet
 
 METRICS = ("--metrics-listen", "127.0.0.1:0")
 
@@ -133,6 +135,20 @@ def test_refusals_by_reason_and_tls_failures(start_proxy, pg: PgServer, tmp_path
     assert http_get(down_address, "/healthz") == (503, "last upstream connect failed\n")
 
 
+def test_connections_by_phase(start_proxy, pg: PgServer, certs: dict[str, Path]) -> None:
+    proxy = start_proxy(*METRICS, "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"]))
+    address = metrics_address(proxy)
+    connections = "pgdp_client_connections"
+    with _raw(proxy), _raw(proxy) as handshaking, proxy.connect(sslmode="disable"):
+        handshaking.sendall(struct.pack("!II", 8, 80877103))
+        assert handshaking.recv(1) == b"S"  # then no ClientHello: the handshake waits
+        samples = wait_metric(address, connections, lambda v: v == 1, "tls", phase="tls")
+        assert value(samples, connections, phase="startup") == 1
+        assert value(samples, connections, phase="relay") == 1
+    samples = wait_metric(address, connections, lambda v: v == 0, "all closed")
+    assert value(samples, "pgdp_client_connections_accepted_total") == 3
+
+
 def test_healthz_503_while_draining(start_proxy, pg: PgServer) -> None:
     proxy = start_proxy(*METRICS, "--shutdown-timeout", "60")
     address = metrics_address(proxy)
@@ -167,6 +183,29 @@ def test_database_and_user_labels_are_bounded(start_proxy, pg: PgServer, make_db
     assert own in {first, second, third} and labelled[own] == 1
 
 
+def test_names_sent_before_login_claim_no_label(start_proxy, pg: PgServer, make_db) -> None:
+    """An unauthenticated client chooses its user and database names at will: they count
+    as ``other`` until the session is logged in, and cannot take the label slots."""
+    if pg.host.startswith("/"):
+        pytest.skip("password authentication is configured for TCP clients")
+    proxy = start_proxy(*METRICS, "--metrics-label-limit", "1")
+    address = metrics_address(proxy)
+    db = make_db()
+    with _raw(proxy) as waiting:  # asked for its password, never answers
+        waiting.sendall(startup_packet("pw_user", "attacker_chosen_db"))
+        assert waiting.recv(1) == b"R"
+        wait_metric(address, "pgdp_client_connections_by_database", lambda v: v == 1, "counted")
+        with proxy.connect(dbname=db):
+            samples = wait_metric(
+                address, "pgdp_client_connections_by_database", lambda v: v == 1, database=db
+            )
+    assert value(samples, "pgdp_client_connections_by_database", database="other") == 1
+    assert value(samples, "pgdp_client_connections_by_user", user=pg.user) == 1
+    assert value(samples, "pgdp_client_connections_by_user", user="other") == 1
+    names = {dict(labels).get("database") for (_, labels) in samples} - {None}
+    assert "attacker_chosen_db" not in names
+
+
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(child) for child in text.split()]
@@ -186,8 +225,19 @@ def test_workers_one_endpoint_sums_all_and_survives_a_restart(start_proxy, pg: P
     accepted = value(samples, "pgdp_client_connections_accepted_total")
     workers = {dict(labels)["worker"] for (name, labels) in samples if name == "pgdp_accepting"}
     assert workers == {"0", "1"}
+    wait_metric(address, "pgdp_client_connections", lambda v: v == 0, "every session closed")
 
-    victim = _children(proxy.process.pid)[0]
+    # The worker serving an open session dies: its live gauges must not stay counted.
+    held = proxy.connect(application_name="held_session")
+    held.execute("select 1")
+    opened = wait_until(
+        lambda: re.search(r"\[(\d+)\] conn=.* opened app=held_session", proxy.log()),
+        10,
+        "the held session's line",
+    )
+    victim = int(opened.group(1))  # type: ignore[union-attr]
+    wait_metric(address, "pgdp_client_connections", lambda v: v == 1, "held", phase="relay")
+    wait_metric(address, "pgdp_client_connections_by_user", lambda v: v == 1, user=pg.user)
     os.kill(victim, signal.SIGKILL)
     wait_until(
         lambda: (
@@ -196,8 +246,11 @@ def test_workers_one_endpoint_sums_all_and_survives_a_restart(start_proxy, pg: P
         10,
         "the worker restarted",
     )
+    held.close()
     samples = wait_metric(address, "pgdp_accepting", lambda v: v == 2, "accepting again")
-    assert value(samples, "pgdp_client_connections_accepted_total") >= accepted
+    assert value(samples, "pgdp_client_connections", phase="relay") == 0
+    assert value(samples, "pgdp_client_connections_by_user", user=pg.user) == 0
+    assert value(samples, "pgdp_client_connections_accepted_total") >= accepted + 1
     with proxy.connect() as conn:
         conn.execute("select 1")
     wait_metric(

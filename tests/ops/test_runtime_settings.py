@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -116,6 +117,98 @@ def test_sighup_reloads_level_format_and_certificate(
     assert "Traceback" not in log
 
 
+def test_sighup_changes_limits_and_clean_settings(
+    start_proxy, pg: PgServer, make_db, victims, tmp_path: Path
+) -> None:
+    config = tmp_path / "proxy.toml"
+    _toml(config, max_client_conn=5, clean_without_force="idle")
+    proxy = start_proxy("--config", str(config))
+    db = make_db()
+    victims.open("before", pg.dsn(db))
+    with proxy.connect() as conn, proxy.connect():  # two clients: under the limit
+        conn.execute(f"CLEAN CONNECTION TO ALL FOR DATABASE {db}")
+    victims.assert_fate({"before"})  # without FORCE: idle sessions go
+
+    _toml(config, max_client_conn=1, clean_without_force="none")
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in proxy.log(), 10, "the reload")
+    victims.open("after", pg.dsn(db))
+    with proxy.connect() as conn:
+        conn.execute(f"CLEAN CONNECTION TO ALL FOR DATABASE {db}")
+        with pytest.raises(psycopg.OperationalError, match="too many clients"):
+            proxy.connect()
+    victims.assert_fate({"before"})  # clean-without-force none: nothing terminated
+
+
+def _children(pid: int) -> list[int]:
+    return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _json_records(log: str) -> list[dict]:
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
+def test_sighup_with_workers_reloads_every_worker_and_later_ones(
+    start_proxy, pg: PgServer, tmp_path: Path
+) -> None:
+    config = tmp_path / "proxy.toml"
+    _toml(config, workers=2)
+    proxy = start_proxy("--config", str(config))
+    supervisor = proxy.process.pid
+    wait_until(lambda: len(_children(supervisor)) == 2, 10, "two workers")
+    wait_until(lambda: proxy.log().count("listening on") == 2, 10, "both workers listening")
+    workers = set(_children(supervisor))
+
+    # An invalid file: one error line (the supervisor's), nothing changes anywhere.
+    config.write_text("workers = [\n")
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed, settings unchanged" in proxy.log(), 10, "the refusal")
+
+    _toml(config, workers=3, log_format="json", clean_wait_timeout=3)
+    proxy.process.send_signal(signal.SIGHUP)
+
+    def reloaded_pids() -> set[int]:
+        """The processes that logged a reload (in text, or in JSON: a worker may still
+        be reading the file when the test rewrites it, and reload twice)."""
+        lines = [x for x in proxy.log().splitlines() if "configuration reloaded" in x]
+        found = [re.search(r'\[(\d+)\]|"pid": (\d+)', x) for x in lines]
+        return {int(m.group(1) or m.group(2)) for m in found if m}
+
+    wait_until(lambda: reloaded_pids() == workers, 10, "every worker reloaded")
+    log = proxy.log()
+    assert log.count("reload failed, settings unchanged") == 1
+    assert log.count("take(s) effect only on a restart") == 1
+    assert "reload: workers changed but take(s) effect only on a restart; kept" in log
+    with proxy.connect(application_name="after_reload") as conn:
+        conn.execute("select 1")
+    wait_until(
+        lambda: any(r.get("app") == "after_reload" for r in _json_records(proxy.log())),
+        10,
+        "a JSON record from a worker",
+    )
+
+    # A worker started again later runs with the reloaded settings, not the first ones.
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: len(_children(supervisor)) == 2 and victim not in _children(supervisor),
+        10,
+        "the worker started again",
+    )
+    (restarted,) = set(_children(supervisor)) - workers
+    listening = wait_until(
+        lambda: [
+            r
+            for r in _json_records(proxy.log())
+            if r["pid"] == restarted and r["event"].startswith("listening on")
+        ],
+        10,
+        "the new worker's JSON listening record",
+    )
+    assert listening
+    assert len(_children(supervisor)) == 2  # workers = 3 needs a restart: still two
+
+
 # --- TCP keepalive ---------------------------------------------------------------------
 
 _SYS_PIDFD_GETFD = 438  # x86_64 and arm64 alike
@@ -202,11 +295,14 @@ def test_keepalive_on_both_sockets(start_proxy, pg: PgServer) -> None:
 
 
 def test_keepalive_defaults_are_on_with_the_os_timers(start_proxy, pg: PgServer) -> None:
+    if pg.host.startswith("/"):
+        pytest.skip("the server is reached over a Unix socket")
     proxy = start_proxy()
     idle = int(Path("/proc/sys/net/ipv4/tcp_keepalive_time").read_text())
     with proxy.connect() as conn:
         conn.execute("select 1")
         legs = _legs(proxy.process.pid, _local_address(conn), pg)
+        assert set(legs) == {"client", "server"}
         for name, sock in legs.items():
             with sock:
                 assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, name
@@ -234,3 +330,37 @@ def test_application_name_add_host(start_proxy, pg: PgServer, admin) -> None:
             (conn.info.backend_pid,),
         ).fetchone()
         assert name == "billing"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "é" * 40,  # 80 bytes; PostgreSQL 16+ shows each non-ASCII byte as \xNN
+        "tab\there\x7f" * 10,  # control characters: \xNN (16+) or ? (up to 15)
+        "a" * 200,
+        "fake - 6.6.6.6:1",  # a forged suffix stays in front of the real one
+        "",
+        "日本語のアプリ" * 3 + "\U0001f600",
+    ],
+    ids=["non-ascii", "control", "long", "forged", "empty", "cjk"],
+)
+def test_application_name_add_host_with_hostile_names(
+    start_proxy, pg: PgServer, admin, hostile: str
+) -> None:
+    proxy = start_proxy("--application-name-add-host")
+    with psycopg.connect(proxy.dsn(), application_name=hostile, autocommit=True) as conn:
+        host, port = _local_address(conn)
+        (shown, length) = admin.execute(
+            "select application_name, octet_length(application_name) from pg_stat_activity"
+            " where pid = %s",
+            (conn.info.backend_pid,),
+        ).fetchone()
+    suffix = f" - {host}:{port}"
+    assert length <= 63
+    if hostile == "":  # libpq sends no empty application_name: the address alone
+        assert shown == f"{host}:{port}"
+        return
+    assert shown.endswith(suffix), shown
+    if hostile.isascii() and hostile.isprintable():  # shortened only as much as needed
+        kept = shown[: -len(suffix)]
+        assert hostile.startswith(kept) and len(kept) == min(len(hostile), 63 - len(suffix))

@@ -41,6 +41,26 @@ def test_pairs_and_event() -> None:
     assert event == "opened"
 
 
+@pytest.mark.parametrize(
+    ("message", "event"),
+    [
+        ("conn=1 client=1.2.3.4:5 user=u db=d opened app=x upstream=h:1", "opened"),
+        ("conn=1 user=u protocol violation: invalid message length 7", "protocol violation"),
+        ("listening on 127.0.0.1:6432, upstream 127.0.0.1:5432", "listening on"),
+        (
+            "file descriptor limit 1024 (soft limit was 1024, hard limit 4096)",
+            "file descriptor limit",
+        ),
+        ("reload failed, settings unchanged: bad", "reload failed"),
+        ("conn=2 TLS handshake failed: [SSL] wrong version", "TLS handshake failed"),
+        ("stopping (graceful)", "stopping"),
+        ("42", "42"),
+    ],
+)
+def test_json_event_is_the_lines_leading_words(message: str, event: str) -> None:
+    assert json.loads(JsonFormatter().format(_record(message)))["event"] == event
+
+
 def test_json_formatter_one_line_with_fields() -> None:
     hostile = 'evil\n{"level": "error"}\u2028'
     line = JsonFormatter().format(
@@ -83,6 +103,34 @@ def test_application_name_gets_the_client_address() -> None:
         StartupKind.STARTUP, with_client_address(long, "127.0.0.1:65535")
     ).parameters()["application_name"]
     assert len(name.encode()) <= 63 and name.endswith(" - 127.0.0.1:65535")
+
+
+def test_application_name_budget_counts_the_servers_cleaning() -> None:
+    def name(app: str, address: str = "127.0.0.1:65535") -> bytes:
+        packet = _startup(user="u", application_name=app)
+        out = StartupPacket(StartupKind.STARTUP, with_client_address(packet, address))
+        (value,) = [v for k, v in _raw_parameters(out.raw) if k == b"application_name"]
+        return value
+
+    budget = 63 - len(" - 127.0.0.1:65535")
+    # Every non-printable-ASCII byte counts 4 (PostgreSQL 16+ shows it as \xNN).
+    assert name("é" * 40) == "é".encode() * (budget // 8) + b" - 127.0.0.1:65535"
+    assert name("a" + "\U0001f600" * 3) == b"a" + "\U0001f600".encode() * 2 + b" - 127.0.0.1:65535"
+    # A character cut in its middle goes whole; a complete last one stays.
+    assert name("ab" + "€" * 9)[:-18].decode() == "ab" + "€" * ((budget - 2) // 12)
+    assert name("a" * budget) == b"a" * budget + b" - 127.0.0.1:65535"
+    assert name("a" * (budget + 1)) == b"a" * budget + b" - 127.0.0.1:65535"
+
+
+def test_application_name_never_grows_a_packet_past_the_servers_bound() -> None:
+    big = _startup(user="u", options="x" * (10_000 - 30))
+    assert len(big.raw) <= 10_000
+    assert with_client_address(big, "127.0.0.1:65535") == big.raw
+
+
+def _raw_parameters(raw: bytes) -> list[tuple[bytes, bytes]]:
+    items = raw[8:].split(b"\0")
+    return [(k, v) for k, v in zip(items[0::2], items[1::2], strict=False) if k]
 
 
 def test_new_options_and_their_errors() -> None:
@@ -143,13 +191,16 @@ def test_audit_text_line_is_one_line(tmp_path) -> None:
     assert json.loads(line)["sessions"][0]["pid"] == 9 and seen == [record]
 
 
-def _client(user: str, database: str, phase: str = "RELAY") -> SimpleNamespace:
+def _client(
+    user: str, database: str, phase: str = "RELAY", logged_in: bool = True
+) -> SimpleNamespace:
     session = SimpleNamespace(
         user=user,
         database=database,
         phase=SimpleNamespace(name=phase),
         frontend=object(),
         state=SimpleNamespace(groups_sent=2, answering_group=1),
+        login_complete=lambda: logged_in,
     )
     return SimpleNamespace(session=session, tls_handshaking=False, bytes_in=10, server_bytes_in=20)
 
@@ -175,3 +226,20 @@ def test_metrics_sample_bounds_labels_and_counts_deltas() -> None:
     assert get("pgdp_bytes_total", direction="server_to_client") == 80
     assert get("pgdp_message_groups_total", direction="client_to_server") == 8
     assert get("pgdp_message_groups_total", direction="server_to_client") == 8
+
+
+def test_metrics_labels_are_claimed_by_logged_in_sessions_only() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, label_limit=1)
+    metrics.sample([_client("anyone", "chosen", logged_in=False), _client("u", "real")])
+    assert registry.get_sample_value("pgdp_client_connections_by_database", {"database": "real"})
+    assert registry.get_sample_value("pgdp_client_connections_by_user", {"user": OTHER}) == 1
+    assert (
+        registry.get_sample_value("pgdp_client_connections_by_database", {"database": "chosen"})
+        is None
+    )
+    # Once a name has its label, sessions still logging in with it use it too.
+    metrics.sample([_client("u", "real", logged_in=False)])
+    assert (
+        registry.get_sample_value("pgdp_client_connections_by_database", {"database": "real"}) == 1
+    )
