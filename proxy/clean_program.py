@@ -318,7 +318,9 @@ SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
            'check',
            CASE WHEN n.sessions OPERATOR(pg_catalog.=) 0 AND n.prepared OPERATOR(pg_catalog.=) 0
                 THEN 'pass'
-                WHEN g.db IS NULL THEN pg_catalog.concat('fail: ', {check_message})
+                WHEN g.db IS NULL THEN pg_catalog.concat('fail: ', {check_message},
+                  CASE WHEN n.sessions OPERATOR(pg_catalog.=) 1 THEN ' (1 other session)'
+                       ELSE pg_catalog.format(' (%s other sessions)', n.sessions) END)
                 ELSE pg_catalog.concat('fail: ', {check_detail}) END
       FROM g CROSS JOIN LATERAL (
              SELECT ({check_sessions}) AS sessions, ({check_prepared}) AS prepared) n
@@ -422,7 +424,8 @@ def render_explain(
     client_addr text, state text, backend_start timestamptz, action text, reason text``:
     one row per session ``statement`` would consider (:data:`_DECISIONS`, the rule the DO
     program applies), then with CHECK a row with ``action = 'check'`` and ``reason``
-    ``pass`` or ``fail: ...``. It terminates nothing. A failing validation makes it fail
+    ``pass`` or ``fail: ...`` with the blocking count (with a database, the DETAIL the
+    statement would send; with a user only, its message and `` (N other sessions)``). It terminates nothing. A failing validation makes it fail
     with 22P02 and a sentinel message that :func:`explain_error` turns into the error the
     statement would raise. ``peers`` maps backend pids to the real client addresses
     (``host:port``) of sessions through the proxy; they replace pg_stat_activity's.
