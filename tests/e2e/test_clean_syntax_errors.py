@@ -205,11 +205,14 @@ def test_opengauss_names_clean_their_sessions(
     make_db: Callable[..., str],
     make_role: Callable[..., str],
 ) -> None:
-    """``#`` in a name, and words PostgreSQL reserves but openGauss does not."""
+    """``#`` in a name, and words PostgreSQL reserves but openGauss does not (``system_user``
+    is reserved from PostgreSQL 16)."""
     hashed, isnull = make_db("sales#2024"), make_db("isnull")
+    system_user = make_db("system_user")
     lateral = make_role("lateral")
     victims.open("hashed", pg.dsn(hashed))
     victims.open("isnull", pg.dsn(isnull))
+    victims.open("system_user", pg.dsn(system_user))
     victims.open("lateral", pg.dsn(user=lateral, password="pw"))
     victims.open("innocent", pg.dsn())
     with proxy.connect() as conn:
@@ -217,6 +220,7 @@ def test_opengauss_names_clean_their_sessions(
             "CLEAN CONNECTION TO ALL FORCE FOR DATABASE sales#2024",
             "CLEAN CONNECTION TO ALL FORCE FOR isnull",
             "CLEAN CONNECTION TO ALL FORCE TO USER lateral",
+            "CLEAN CONNECTION TO ALL FORCE FOR system_user",
         ):
             assert conn.execute(statement).statusmessage == "CLEAN CONNECTION"
-    victims.assert_fate({"hashed", "isnull", "lateral"})
+    victims.assert_fate({"hashed", "isnull", "lateral", "system_user"})
