@@ -35,14 +35,16 @@ _DOLLAR_TAG = "$pgdp_clean$"
 # PostgreSQL's canonical encoding names, as the server reports client_encoding.
 _ENCODING_NAME = re.compile(r"[A-Z0-9_]+")
 
-# Client backends. PostgreSQL hides backend_type (and state) of other roles' sessions from
-# a caller without their privileges or pg_read_all_stats; such a row with a role is
-# counted as a session (it can only be a client backend or one of its parallel workers),
-# so that CHECK is conservative and the skipped count is honest.
-_IS_SESSION = (
-    "(a.backend_type OPERATOR(pg_catalog.=) 'client backend'"
-    " OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))"
-)
+# Sessions: client backends, and every other backend running as a role, as openGauss's
+# CLEAN CONNECTION counts and signals every process of the database and/or role
+# (CountOtherDBBackends, CountUserBackends, ValidDBoidAndUseroid): a walsender of a
+# `replication=database` connection, parallel workers, background workers connected as a
+# role. All of them make DROP DATABASE fail, so CHECK counts them and FORCE terminates
+# them. Not autovacuum workers (no role): DROP DATABASE stops those itself. PostgreSQL
+# hides backend_type (and state) of other roles' sessions from a caller without their
+# privileges or pg_read_all_stats; such a row with a role is a session too, so that CHECK
+# is conservative and the skipped count is honest.
+_IS_SESSION = "(a.backend_type OPERATOR(pg_catalog.=) 'client backend' OR a.usesysid IS NOT NULL)"
 
 # --- The decisions, shared by the DO program and EXPLAIN --------------------------------
 #
