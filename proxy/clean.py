@@ -221,23 +221,32 @@ def _uncertain_fix(
     up in runs to the end of the text, as an unterminated quote or comment does. The
     CLEAN statements are parsed in order until one fails (that is the fix: nothing in the
     string runs either way, the server rejects it at the first CLEAN) or the outline's
-    certain part ends; a CLEAN that still parses there gets no fix.
+    certain part ends; a CLEAN that still parses there gets no fix. ``EXPLAIN CLEAN ...``
+    statements count as their CLEAN statement (the server's error is at their CLEAN).
     """
-    cleans = [lead for lead in scan.leads if lead.word == b"clean"]
+    cleans = [lead for lead in scan.leads if lead.word == b"clean" or _may_explain(lead)]
     if not cleans:
         return None
     text = _Text(buf, start, end, encoding)
     if not settled and (not text.is_ascii(start, end) or buf.find(b"\\", start, end) >= 0):
         return None
+    scs = scan.standard_conforming_strings
+    first_clean: int | None = None  # where the server reports the string's syntax error
     try:
         positions = _char_positions(text, cleans)
         for lead, at in zip(cleans, positions, strict=False):
             stop = lead.end if lead.end >= 0 else end
             if lead.after_routine or lead.index < 0 or stop - lead.start > MAX_LEAD_STATEMENT:
                 return None
-            parsed = _parse_lead(text, lead, at, positions[-1], scan.standard_conforming_strings)
-            if parsed.error is not None:
-                return _syntax_fix(text, positions[0], parsed.error)
+            if lead.word == b"clean":
+                parsed: _Parsed | None = _parse_lead(text, lead, at, positions[-1], scs)
+            else:  # EXPLAIN CLEAN ..., or an EXPLAIN of something else (not ours)
+                parsed = _parse_explain_lead(text, lead, at, positions[-1], scs)
+            if parsed is not None:
+                if first_clean is None:
+                    first_clean = parsed.char_start
+                if parsed.error is not None:
+                    return _syntax_fix(text, first_clean, parsed.error)
             if lead.end < 0:
                 return None
     except (UnicodeError, LookupError):

@@ -35,14 +35,16 @@ _DOLLAR_TAG = "$pgdp_clean$"
 # PostgreSQL's canonical encoding names, as the server reports client_encoding.
 _ENCODING_NAME = re.compile(r"[A-Z0-9_]+")
 
-# Client backends. PostgreSQL hides backend_type (and state) of other roles' sessions from
-# a caller without their privileges or pg_read_all_stats; such a row with a role is
-# counted as a session (it can only be a client backend or one of its parallel workers),
-# so that CHECK is conservative and the skipped count is honest.
-_IS_SESSION = (
-    "(a.backend_type OPERATOR(pg_catalog.=) 'client backend'"
-    " OR (a.backend_type IS NULL AND a.usesysid IS NOT NULL))"
-)
+# Sessions: client backends, and every other backend running as a role, as openGauss's
+# CLEAN CONNECTION counts and signals every process of the database and/or role
+# (CountOtherDBBackends, CountUserBackends, ValidDBoidAndUseroid): a walsender of a
+# `replication=database` connection, parallel workers, background workers connected as a
+# role. All of them make DROP DATABASE fail, so CHECK counts them and FORCE terminates
+# them. Not autovacuum workers (no role): DROP DATABASE stops those itself. PostgreSQL
+# hides backend_type (and state) of other roles' sessions from a caller without their
+# privileges or pg_read_all_stats; such a row with a role is a session too, so that CHECK
+# is conservative and the skipped count is honest.
+_IS_SESSION = "(a.backend_type OPERATOR(pg_catalog.=) 'client backend' OR a.usesysid IS NOT NULL)"
 
 # --- The decisions, shared by the DO program and EXPLAIN --------------------------------
 #
@@ -318,7 +320,9 @@ SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
            'check',
            CASE WHEN n.sessions OPERATOR(pg_catalog.=) 0 AND n.prepared OPERATOR(pg_catalog.=) 0
                 THEN 'pass'
-                WHEN g.db IS NULL THEN pg_catalog.concat('fail: ', {check_message})
+                WHEN g.db IS NULL THEN pg_catalog.concat('fail: ', {check_message},
+                  CASE WHEN n.sessions OPERATOR(pg_catalog.=) 1 THEN ' (1 other session)'
+                       ELSE pg_catalog.format(' (%s other sessions)', n.sessions) END)
                 ELSE pg_catalog.concat('fail: ', {check_detail}) END
       FROM g CROSS JOIN LATERAL (
              SELECT ({check_sessions}) AS sessions, ({check_prepared}) AS prepared) n
@@ -422,7 +426,8 @@ def render_explain(
     client_addr text, state text, backend_start timestamptz, action text, reason text``:
     one row per session ``statement`` would consider (:data:`_DECISIONS`, the rule the DO
     program applies), then with CHECK a row with ``action = 'check'`` and ``reason``
-    ``pass`` or ``fail: ...``. It terminates nothing. A failing validation makes it fail
+    ``pass`` or ``fail: ...`` with the blocking count (with a database, the DETAIL the
+    statement would send; with a user only, its message and `` (N other sessions)``). It terminates nothing. A failing validation makes it fail
     with 22P02 and a sentinel message that :func:`explain_error` turns into the error the
     statement would raise. ``peers`` maps backend pids to the real client addresses
     (``host:port``) of sessions through the proxy; they replace pg_stat_activity's.

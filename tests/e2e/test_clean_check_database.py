@@ -129,3 +129,46 @@ def test_user_only_check_still_counts_that_roles_sessions(
             conn.execute(f"CLEAN CONNECTION TO ALL CHECK TO USER {jack}")
         assert info.value.diag.message_primary == f'role "{jack}" is being used by other users'
     victims.assert_fate(set())
+
+
+def test_a_replication_connection_to_the_database_blocks_check_and_force_ends_it(
+    pg: PgServer, cproxy: ProxyProcess, admin: psycopg.Connection, make_db: Callable[..., str]
+) -> None:
+    """A walsender of a ``replication=database`` connection makes DROP DATABASE fail, as
+    any process of the database makes openGauss's CHECK fail (CountOtherDBBackends); and
+    openGauss's FORCE signals every process of the database. So here too: CHECK counts it,
+    EXPLAIN lists it, FORCE ends it, and then CHECK passes and DROP DATABASE succeeds."""
+    sales = make_db()
+    walsender = psycopg.connect(
+        pg.dsn(sales, replication="database"), autocommit=True, application_name="cd-walsender"
+    )
+    pid = walsender.info.backend_pid
+    kind = admin.execute("select backend_type from pg_stat_activity where pid = %s", (pid,))
+    assert kind.fetchone() == ("walsender",)
+
+    def alive() -> bool:
+        admin.execute("select pg_stat_clear_snapshot()")
+        found = admin.execute("select 1 from pg_stat_activity where pid = %s", (pid,))
+        return found.fetchone() is not None
+
+    try:
+        check = f"CLEAN CONNECTION TO ALL CHECK FOR DATABASE {sales}"
+        with cproxy.connect() as conn:
+            with pytest.raises(psycopg.errors.ObjectInUse) as info:
+                conn.execute(check)
+            assert info.value.diag.message_detail == "There is 1 other session using the database."
+            rows = conn.execute(
+                f"EXPLAIN CLEAN CONNECTION TO ALL CHECK FORCE FOR DATABASE {sales}"
+            ).fetchall()
+            assert [(row[0], row[3], row[7], row[8]) for row in rows] == [
+                (pid, "cd-walsender", "terminate", None),
+                (None, None, "check", "fail: There is 1 other session using the database."),
+            ]
+            assert alive()
+            forced = conn.execute(f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {sales}")
+            assert forced.statusmessage == "CLEAN CONNECTION"
+        wait_until(lambda: not alive(), 10, "the walsender to exit")
+        assert run(cproxy, check) == "CLEAN CONNECTION"
+        assert run(cproxy, f"DROP DATABASE {sales}") == "DROP DATABASE"
+    finally:
+        walsender.close()

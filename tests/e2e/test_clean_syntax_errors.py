@@ -73,15 +73,23 @@ def assert_nothing_ran(conn: psycopg.Connection) -> None:
         ("",),
     )
     assert conn.execute("select count(*) from t").fetchone() == (0,)
+    assert conn.execute("select pg_catalog.to_regclass('made_here')").fetchone() == (None,)
 
 
-@pytest.mark.parametrize(("statement", "message", "anchor"), CASES + UNTERMINATED, ids=IDS)
+# EXPLAIN CLEAN ... gives the same errors as the statement, one word further on.
+EXPLAINED = [("EXPLAIN " + s, message, anchor) for s, message, anchor in CASES + UNTERMINATED]
+EXPLAINED_IDS = ["EXPLAIN " + i for i in IDS]
+
+
+@pytest.mark.parametrize(
+    ("statement", "message", "anchor"), CASES + UNTERMINATED + EXPLAINED, ids=IDS + EXPLAINED_IDS
+)
 def test_simple_query(
     proxy: ProxyProcess, home: str, statement: str, message: str, anchor: str | None
 ) -> None:
     # non-ASCII before the statement: positions are characters, not bytes
     query = (
-        "select pg_catalog.set_config('pgdp.ran', 'yes', false); "
+        "select pg_catalog.set_config('pgdp.ran', 'yes', false); create table made_here (); "
         "insert into t values ('ünï'); " + statement
     )
     with proxy.connect(dbname=home) as conn:
@@ -112,7 +120,9 @@ def test_simple_query_statement_after(
         assert_nothing_ran(conn)
 
 
-@pytest.mark.parametrize(("statement", "message", "anchor"), CASES + UNTERMINATED, ids=IDS)
+@pytest.mark.parametrize(
+    ("statement", "message", "anchor"), CASES + UNTERMINATED + EXPLAINED, ids=IDS + EXPLAINED_IDS
+)
 def test_extended_protocol(
     proxy: ProxyProcess, home: str, statement: str, message: str, anchor: str | None
 ) -> None:
@@ -156,7 +166,9 @@ def run_psql(proxy: ProxyProcess, dbname: str, *args: str) -> subprocess.Complet
 
 
 @needs_psql
-@pytest.mark.parametrize(("statement", "message", "anchor"), CASES + UNTERMINATED, ids=IDS)
+@pytest.mark.parametrize(
+    ("statement", "message", "anchor"), CASES + UNTERMINATED + EXPLAINED, ids=IDS + EXPLAINED_IDS
+)
 def test_psql(
     pg: PgServer,
     proxy: ProxyProcess,
@@ -165,7 +177,7 @@ def test_psql(
     message: str,
     anchor: str | None,
 ) -> None:
-    query = "insert into t values ('x'); " + statement
+    query = "create table made_here (); insert into t values ('x'); " + statement
     result = run_psql(proxy, home, "-c", query)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
@@ -180,7 +192,7 @@ def test_psql(
     assert query[position - 1 :].startswith(after)
     assert (after == "") == (anchor is None)
     with pg.connect(dbname=home) as conn:
-        assert conn.execute("select count(*) from t").fetchone() == (0,)
+        assert_nothing_ran(conn)
 
 
 # --- names openGauss accepts ---------------------------------------------------------
@@ -193,11 +205,14 @@ def test_opengauss_names_clean_their_sessions(
     make_db: Callable[..., str],
     make_role: Callable[..., str],
 ) -> None:
-    """``#`` in a name, and words PostgreSQL reserves but openGauss does not."""
+    """``#`` in a name, and words PostgreSQL reserves but openGauss does not (``system_user``
+    is reserved from PostgreSQL 16)."""
     hashed, isnull = make_db("sales#2024"), make_db("isnull")
+    system_user = make_db("system_user")
     lateral = make_role("lateral")
     victims.open("hashed", pg.dsn(hashed))
     victims.open("isnull", pg.dsn(isnull))
+    victims.open("system_user", pg.dsn(system_user))
     victims.open("lateral", pg.dsn(user=lateral, password="pw"))
     victims.open("innocent", pg.dsn())
     with proxy.connect() as conn:
@@ -205,6 +220,7 @@ def test_opengauss_names_clean_their_sessions(
             "CLEAN CONNECTION TO ALL FORCE FOR DATABASE sales#2024",
             "CLEAN CONNECTION TO ALL FORCE FOR isnull",
             "CLEAN CONNECTION TO ALL FORCE TO USER lateral",
+            "CLEAN CONNECTION TO ALL FORCE FOR system_user",
         ):
             assert conn.execute(statement).statusmessage == "CLEAN CONNECTION"
-    victims.assert_fate({"hashed", "isnull", "lateral"})
+    victims.assert_fate({"hashed", "isnull", "lateral", "system_user"})

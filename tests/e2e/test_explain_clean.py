@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.conftest import PgServer, ProxyProcess, proxy_in_front_of
+from tests.conftest import PgServer, ProxyProcess, proxy_in_front_of, wait_until
 from tests.e2e.victims import Victim, Victims
 
 COLUMNS = [
@@ -180,10 +180,30 @@ def test_check_row_and_other_roles_sessions(
         victims.all["jack"].pid: ("terminate", None),
         blocker.pid: ("spare", "other user"),
     }
+    role_only = f"CLEAN CONNECTION TO ALL CHECK TO USER {jack}"
+    second = victims.open("jack2", pg.dsn(db, user=jack, password="pw"))
+    rows = explain(eproxy, role_only)
+    assert rows[-1] == (
+        None,
+        jack,
+        None,
+        None,
+        None,
+        None,
+        None,
+        "check",
+        f'fail: role "{jack}" is being used by other users (2 other sessions)',
+    )
+    assert fates(rows[:-1]) == {
+        victims.all["jack"].pid: ("terminate", None),
+        second.pid: ("terminate", None),
+    }
+    victims.assert_fate(set())
     victims.close()
     assert fates(explain(eproxy, statement)) == {None: ("check", "pass")}
-    role_only = explain(eproxy, f"CLEAN CONNECTION TO ALL CHECK TO USER {jack}")
-    assert role_only == [(None, jack, None, None, None, None, None, "check", "pass")]
+    assert explain(eproxy, role_only) == [
+        (None, jack, None, None, None, None, None, "check", "pass")
+    ]
 
 
 # --- same validation as the statement -------------------------------------------------
@@ -287,6 +307,14 @@ def test_transaction_blocks_and_aborted_transaction(
         for prepare in (False, True):
             with pytest.raises(psycopg.errors.InFailedSqlTransaction):
                 conn.execute(statement, prepare=prepare)
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            psycopg.ClientCursor(conn).execute(statement)  # simple query protocol
+        conn.rollback()
+        with psycopg.ClientCursor(conn) as cur:  # BEGIN ...; EXPLAIN ...; in one string
+            cur.execute(f"select 1; {statement}; select 2")
+            cur.nextset()
+            assert cur.statusmessage == "EXPLAIN"
+            assert fates(cur.fetchall()) == {idle.pid: ("terminate", None)}
         conn.rollback()
         assert fates(conn.execute(statement).fetchall()) == {idle.pid: ("terminate", None)}
         conn.commit()
@@ -407,10 +435,27 @@ def test_jdbc_prepared_statement_metadata(
 # --- anything else passes through ------------------------------------------------------
 
 
+OTHER_EXPLAINS = [
+    "EXPLAIN (costs off) select 'clean connection' as x /* CLEAN CONNECTION */",
+    "explain select 1",
+    "EXPLAIN (ANALYZE, costs off, timing off, summary off) select 1",
+    "explain analyze verbose select g from generate_series(1, 3) g -- clean connection",
+    "explain (format json, costs off) select 1",
+]
+
+
 def test_other_explains_and_options_are_the_servers(eproxy: ProxyProcess, pg: PgServer) -> None:
-    query = "EXPLAIN (costs off) select 'clean connection' as x /* CLEAN CONNECTION */"
     with eproxy.connect() as via, pg.connect() as direct:
-        assert via.execute(query).fetchall() == direct.execute(query).fetchall()
+        for query in OTHER_EXPLAINS:
+            for prepare in (False, True):
+                got = via.execute(query, prepare=prepare)
+                want = direct.execute(query, prepare=prepare)
+                assert got.statusmessage == want.statusmessage == "EXPLAIN"
+                assert [d.name for d in got.description] == [d.name for d in want.description]
+                if "analyze" in query.lower() and "timing off" not in query:
+                    assert len(got.fetchall()) == len(want.fetchall())  # times differ
+                else:
+                    assert got.fetchall() == want.fetchall(), query
         # EXPLAIN with options is PostgreSQL's: CLEAN is not an explainable statement.
         for text in (
             "EXPLAIN ANALYZE CLEAN CONNECTION TO ALL FOR DATABASE postgres",
@@ -461,3 +506,74 @@ def test_without_force_none_spares_and_terminates_nothing(
         with proxy.connect() as conn:
             conn.execute(forced)
     victims.assert_fate({"idle"})
+
+
+def test_opengauss_names(
+    pg: PgServer,
+    eproxy: ProxyProcess,
+    victims: Victims,
+    make_db: Callable[..., str],
+    make_role: Callable[..., str],
+) -> None:
+    """``#`` in a name and words openGauss does not reserve (isnull, lateral, system_user)
+    name the sessions EXPLAIN lists, and nothing is terminated."""
+    hashed, isnull = make_db("sales#2024"), make_db("isnull")
+    lateral, system_user = make_role("lateral"), make_role("system_user")
+    on_hashed = victims.open("hashed", pg.dsn(hashed))
+    on_isnull = victims.open("isnull", pg.dsn(isnull))
+    as_lateral = victims.open("lateral", pg.dsn(user=lateral, password="pw"))
+    as_system_user = victims.open("system_user", pg.dsn(user=system_user, password="pw"))
+    victims.open("innocent", pg.dsn())
+    for statement, pid in (
+        ("CLEAN CONNECTION TO ALL FORCE FOR DATABASE sales#2024", on_hashed.pid),
+        ("clean connection to all force for isnull", on_isnull.pid),
+        ("CLEAN CONNECTION TO ALL FORCE TO USER lateral", as_lateral.pid),
+        ("CLEAN CONNECTION TO ALL FORCE TO system_user", as_system_user.pid),
+    ):
+        assert fates(explain(eproxy, statement)) == {pid: ("terminate", None)}, statement
+    victims.assert_fate(set())
+
+
+def test_without_force_none_still_checks(
+    pg: PgServer,
+    victims: Victims,
+    make_db: Callable[..., str],
+    make_role: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """--clean-without-force none: CHECK still checks (55006 while a session is there, of
+    any role), EXPLAIN says so, and nothing is terminated either way."""
+    jack = make_role("ex_none_jack")
+    db = make_db()
+    other = victims.open("other", pg.dsn(db))
+    args = ("--clean-without-force", "none", "--clean-check-timeout", "0.3")
+    with proxy_in_front_of(pg, tmp_path, *args) as proxy:
+        statement = f"CLEAN CONNECTION TO ALL CHECK FOR DATABASE {db} TO USER {jack}"
+        rows = explain(proxy, statement)
+        assert rows[-1][7:] == ("check", "fail: There is 1 other session using the database.")
+        assert fates(rows[:-1]) == {other.pid: ("spare", "other user")}
+        with proxy.connect() as conn:
+            with pytest.raises(psycopg.errors.ObjectInUse) as info:
+                conn.execute(statement)
+            assert info.value.diag.message_detail == (
+                "There is 1 other session using the database."
+            )
+        victims.assert_fate(set())
+        mine = victims.open("jack", pg.dsn(db, user=jack, password="pw"))
+        other.conn.close()
+        wait_until(lambda: other.pid not in victims.alive_pids(), 10, "the other to leave")
+        del victims.all["other"]
+        # jack's own session is on the database: CHECK fails, and is the only blocker
+        with proxy.connect() as conn, pytest.raises(psycopg.errors.ObjectInUse):
+            conn.execute(statement)
+        unchecked = f"CLEAN CONNECTION TO ALL FOR DATABASE {db} TO USER {jack}"
+        assert fates(explain(proxy, unchecked)) == {mine.pid: ("spare", "without force")}
+        with proxy.connect() as conn:
+            assert conn.execute(unchecked).statusmessage == "CLEAN CONNECTION"
+        victims.assert_fate(set())
+        mine.conn.close()
+        wait_until(lambda: mine.pid not in victims.alive_pids(), 10, "jack to leave")
+        del victims.all["jack"]
+        with proxy.connect() as conn:
+            assert conn.execute(statement).statusmessage == "CLEAN CONNECTION"
+        assert fates(explain(proxy, statement)) == {None: ("check", "pass")}

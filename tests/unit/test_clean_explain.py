@@ -104,10 +104,23 @@ def test_an_explain_the_scanner_rejects_does_not_stop_other_cleans() -> None:
     [
         (b"EXPLAIN CLEAN CONNECTIONS TO ALL FOR sales", b'at or near "CONNECTIONS"', b"15"),
         (b"EXPLAIN CLEAN", b"syntax error at end of input", b"14"),
+        (b'EXPLAIN CLEAN "connection" TO ALL', b'at or near ""connection""', b"15"),
+        (b'EXPLAIN CLEAN CONNECTION TO ALL FOR ""', b"zero-length delimited identifier", b"37"),
+        (b"EXPLAIN CLEAN CONNECTION TO ALL FOR 9lives", b'at or near "9"', b"37"),
+        # The outline gives up on an unterminated quote or comment: still openGauss's error.
+        (b'EXPLAIN CLEAN CONNECTION TO ALL FOR "sales', b"unterminated quoted identifier", b"37"),
+        (b"EXPLAIN CLEAN CONNECTION TO ALL /* never", b"unterminated /* comment", b"33"),
+        (b'EXPLAIN CLEAN CONNECTION TO ALL FOR d; select "oops', None, None),
+        (b'EXPLAIN CLEAN; select "oops', b'syntax error at or near ";"', b"14"),
     ],
 )
-def test_openGauss_errors_after_explain(text: bytes, message: bytes, position: bytes) -> None:
+def test_openGauss_errors_after_explain(
+    text: bytes, message: bytes | None, position: bytes | None
+) -> None:
     result = rewrite(text)
+    if message is None:  # a valid EXPLAIN CLEAN before the unterminated quote: the server's
+        assert result is None or result.syntax_fix is None
+        return
     assert result is not None and result.syntax_fix is not None
     assert result.syntax_fix.server_position == b"9"
     assert message in result.syntax_fix.message and result.syntax_fix.position == position
@@ -116,3 +129,14 @@ def test_openGauss_errors_after_explain(text: bytes, message: bytes, position: b
 def test_openGauss_names_after_explain() -> None:
     result = rewrite(b"select 1; EXPLAIN CLEAN CONNECTION TO ALL FOR sales#2024")
     assert result is not None and result.planned == ((1, EXPLAIN_PLAN),)
+
+
+def test_the_first_clean_token_is_where_the_server_fails_in_an_unfinished_text() -> None:
+    """A valid EXPLAIN CLEAN, an EXPLAIN of something else, then an invalid CLEAN that runs
+    into an unterminated quote: the server stops at the first CLEAN (the EXPLAIN's)."""
+    text = b'EXPLAIN CLEAN CONNECTION TO ALL FOR d; EXPLAIN SELECT 1; CLEAN CONNECTION TO "x'
+    result = rewrite(text)
+    assert result is not None and result.syntax_fix is not None
+    assert result.syntax_fix.server_position == b"9"
+    assert result.syntax_fix.message == b'unterminated quoted identifier at or near ""x"'
+    assert result.syntax_fix.position == str(text.rindex(b'"x') + 1).encode()
