@@ -1,9 +1,9 @@
 """Build hook: compile the relay's hot path with Cython where this machine can.
 
-``proxy/streams.py`` (typed by ``proxy/streams.pxd``) is compiled as ``proxy._streams``
-from a copy that records the sources' digest; :mod:`proxy.hotpath` loads it only when that
-digest matches the sources beside it, so an edited ``streams.py`` is never shadowed by a
-stale build. The extension is optional: without a C compiler (or without Cython) the build
+``proxy/streams.py`` (typed by ``proxy/streams.pxd``) and ``proxy/relay.py`` (the protocol
+callbacks) are compiled as ``proxy._streams`` and ``proxy._relay``, each from a copy that
+records its sources' digest; :mod:`proxy.hotpath` loads one only when that digest matches
+the sources beside it, so an edited source is never shadowed by a stale build. The extension is optional: without a C compiler (or without Cython) the build
 skips it and the interpreted ``streams.py`` runs, so ``pip install -e .`` works anywhere.
 Everything else about the package is declared in ``pyproject.toml``.
 """
@@ -39,19 +39,23 @@ def compiled_extensions() -> list[Extension]:
     shutil.rmtree(GENERATED, ignore_errors=True)
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    source = (ROOT / "proxy" / "streams.py").read_text(encoding="utf-8")
-    stamp = digest.source_digest(ROOT / "proxy")
-    (package / "_streams.py").write_text(
-        f"{source}\n\nBUILT_FROM_DIGEST = {stamp!r}\n", encoding="utf-8"
-    )
-    shutil.copyfile(ROOT / "proxy" / "streams.pxd", package / "_streams.pxd")
-    extension = Extension(
-        "proxy._streams",
-        [str((package / "_streams.py").relative_to(ROOT))],
-        optional=True,  # no compiler: skipped with a warning, the build goes on
-    )
+    extensions = []
+    for name, sources in digest.COMPILED_MODULES.items():
+        source = (ROOT / "proxy" / sources[0]).read_text(encoding="utf-8")
+        stamp = digest.source_digest(ROOT / "proxy", name)
+        target = package / f"_{name}.py"
+        target.write_text(f"{source}\n\nBUILT_FROM_DIGEST = {stamp!r}\n", encoding="utf-8")
+        for extra in sources[1:]:  # the .pxd declaring C types, renamed alike
+            shutil.copyfile(ROOT / "proxy" / extra, package / f"_{name}{Path(extra).suffix}")
+        extensions.append(
+            Extension(
+                f"proxy._{name}",
+                [str(target.relative_to(ROOT))],
+                optional=True,  # no compiler: skipped with a warning, the build goes on
+            )
+        )
     return cythonize(
-        [extension],
+        extensions,
         compiler_directives={"language_level": 3},
         build_dir=str(GENERATED / "c"),
         quiet=True,

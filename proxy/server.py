@@ -26,6 +26,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from . import hotpath
 from .config import Address
 from .events import LIMIT
 from .keepalive import set_keepalive
@@ -168,6 +169,8 @@ class ProxyServer:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.clients: set[ClientProtocol] = set()
+        # The relay's build in use: compiled where it was built (see proxy.hotpath).
+        self._client_protocol: type[ClientProtocol] = hotpath.build("relay")[0].ClientProtocol
         self._admitted = 0  # clients in ``clients`` not over max_client_conn
         self._refusals = RateLimitedLog(self._log_refusals, LOG_INTERVAL)
         self._acceptors: list[Acceptor] = []
@@ -233,7 +236,7 @@ class ProxyServer:
 
     def _new_client(self) -> ClientProtocol:
         over_limit = self._admitted >= self.runtime.config.max_client_conn
-        client = ClientProtocol(
+        client = self._client_protocol(
             self.runtime, self._client_closed, self._refused if over_limit else None
         )
         if not over_limit:

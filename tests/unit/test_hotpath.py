@@ -11,7 +11,7 @@ import pytest
 
 import proxy.streams
 from proxy import hotpath
-from proxy._digest import source_digest
+from proxy._digest import COMPILED_MODULES, source_digest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,10 +30,10 @@ def _choice(env: dict[str, str]) -> str:
 
 
 def test_compiled_build_is_used_where_required() -> None:
-    """CI builds the extension (Cython and a C compiler are there): it must be in use."""
+    """CI builds the extensions (Cython and a C compiler are there): they must be in use."""
     if not os.environ.get("PGDP_REQUIRE_COMPILED"):
         pytest.skip("PGDP_REQUIRE_COMPILED not set")
-    assert hotpath.IMPLEMENTATION == "compiled", hotpath.REASON
+    assert hotpath.implementations() == dict.fromkeys(COMPILED_MODULES, "compiled")
 
 
 def test_pure_python_on_request() -> None:
@@ -66,7 +66,11 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
             (package / path.name).write_bytes(path.read_bytes())
     with (package / "streams.py").open("a") as source:
         source.write("\n# edited after the build\n")
-    code = "import proxy.hotpath as h; print(h.IMPLEMENTATION, h.REASON, sep='|')"
+    relay = package / "relay.py"
+    relay.write_text(
+        relay.read_text().replace("HIGH_WATER = 256 * 1024", "HIGH_WATER = 128 * 1024")
+    )
+    code = "import proxy.hotpath as h; print(h.IMPLEMENTATION, h.REASON, h.implementations()['relay'], sep='|')"
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
@@ -75,10 +79,26 @@ def test_a_stale_build_is_not_used(tmp_path: Path) -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    assert out.startswith("interpreted|stale"), out
+    streams, reason, relay_reason = out.split("|")
+    assert streams == "interpreted" and reason.startswith("stale"), out
+    assert relay_reason.startswith("stale"), out
 
 
-def test_digest_covers_the_compiled_sources() -> None:
-    assert source_digest(Path(proxy.streams.__file__).parent) == source_digest(ROOT / "proxy")
-    if hotpath.compiled is not None:
-        assert source_digest(ROOT / "proxy") == hotpath.compiled.BUILT_FROM_DIGEST
+@pytest.mark.parametrize("name", COMPILED_MODULES)
+def test_a_fresh_build_records_its_sources_digest(name: str) -> None:
+    assert source_digest(Path(proxy.streams.__file__).parent, name) == source_digest(
+        ROOT / "proxy", name
+    )
+    _, compiled, _ = hotpath.build(name)
+    if compiled is not None:
+        assert source_digest(ROOT / "proxy", name) == compiled.BUILT_FROM_DIGEST
+
+
+def test_the_server_accepts_clients_with_the_chosen_relay() -> None:
+    from proxy.config import Address, load_config
+    from proxy.runtime import Runtime
+    from proxy.server import ProxyServer
+
+    config = load_config(["--upstream", "127.0.0.1:5432"], {})
+    server = ProxyServer(Runtime(config, Address("127.0.0.1", 5432)))
+    assert type(server._new_client()) is hotpath.build("relay")[0].ClientProtocol

@@ -18,6 +18,9 @@ from proxy.runtime import Runtime
 from proxy.session import Session
 from tests.rawpg import query_message, startup_packet
 
+# Every test runs on the interpreted and the compiled build (tests/unit/conftest.py).
+pytestmark = pytest.mark.usefixtures("relay_build")
+
 AUTH_OK = b"R" + struct.pack("!II", 8, 0)
 READY = b"Z" + struct.pack("!I", 5) + b"I"
 
