@@ -149,10 +149,12 @@ class ClientProtocol(asyncio.Protocol):
         session = self.session
         if self._startup is not None:
             self._startup.closed()
+        server = self._server
+        if server is not None:
+            server.client_gone()
         if session is not None:
-            session.close()
-        if self._server is not None:
-            self._server.client_gone()
+            # A server leg still reading answers for their outcomes keeps the backend stream.
+            session.close(keep_backend=server is not None and server.draining)
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -215,6 +217,11 @@ class ClientProtocol(asyncio.Protocol):
     def tls_handshaking(self) -> bool:
         """The client's TLS handshake is under way."""
         return self._startup is not None and self._startup.handshaking
+
+    @property
+    def runtime(self) -> Runtime:
+        """The settings this connection is served with."""
+        return self._runtime
 
     @property
     def server_bytes_in(self) -> int:
@@ -315,7 +322,15 @@ class ClientProtocol(asyncio.Protocol):
 class ServerProtocol(asyncio.Protocol):
     """The upstream server's socket of one session."""
 
-    __slots__ = ("_client", "_client_write", "_client_writelines", "_feed", "bytes_in", "transport")
+    __slots__ = (
+        "_client",
+        "_client_write",
+        "_client_writelines",
+        "_drain_timer",
+        "_feed",
+        "bytes_in",
+        "transport",
+    )
 
     def __init__(self, client: ClientProtocol) -> None:
         self._client = client
@@ -324,6 +339,7 @@ class ServerProtocol(asyncio.Protocol):
         self._feed: Callable[[bytes], list[bytes]] | None = None
         self._client_write: Callable[[bytes], None] | None = None
         self._client_writelines: Callable[[list[bytes]], None] | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     def start_relay(
         self, session: Session, client_transport: asyncio.Transport, on_login: Callable[[], None]
@@ -379,6 +395,8 @@ class ServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Forward what the server sent (already written), then close the client.
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         self._client.close()
 
     def pause_writing(self) -> None:
@@ -403,7 +421,7 @@ class ServerProtocol(asyncio.Protocol):
         """Close now: gracefully when nothing is owed to the server (a Terminate already
         written still reaches it), else abort rather than wait for the flush."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._drain_outcomes():
             return
         if transport.get_write_buffer_size():
             transport.abort()
@@ -419,12 +437,51 @@ class ServerProtocol(asyncio.Protocol):
         next write fails, as it would had the client been connected to it directly.
         """
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._drain_outcomes():
             return
         if transport.get_write_buffer_size() and not transport.is_reading():
             transport.abort()
         else:
             transport.close()
+
+    @property
+    def draining(self) -> bool:
+        """The client is gone; the server's answers are read for their outcomes alone."""
+        return self._drain_timer is not None
+
+    def _drain_outcomes(self) -> bool:
+        """The client left while rewritten statements it sent are still owed an answer
+        (a CLEAN's terminations happen whether or not anyone reads it): keep reading the
+        server's answers, for their outcomes alone (the audit record), and close once the
+        last is in, or after the longest such a statement may run. True if draining."""
+        session = self._client.session
+        state = session.state if session is not None else None
+        if (
+            self._drain_timer is not None
+            or self._feed is None
+            or state is None
+            or not state.ready
+            or not state.queue
+        ):
+            return self._drain_timer is not None
+        backend_feed = session.backend.feed  # type: ignore[union-attr]
+
+        def drain(data: bytes) -> list[bytes]:
+            backend_feed(data)
+            if not state.queue:
+                self.close()
+            return []
+
+        self._feed = drain
+        config = self._client.runtime.config
+        limit = config.clean_check_timeout + config.clean_wait_timeout + config.connect_timeout
+        self._drain_timer = asyncio.get_running_loop().call_later(limit, self.abort)
+        self.transport.resume_reading()  # no client to hold the server back any more
+        log.info(
+            "%s client gone: reading the server's answer to its rewritten statement",
+            session.describe(),
+        )
+        return True
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -119,12 +119,13 @@ class Session:
         """The server process serving this session (0 until BackendKeyData)."""
         return self.state.backend_pid if self.state is not None else 0
 
-    def close(self) -> None:
-        """The client connection is closed: drop what the streams still buffer."""
+    def close(self, *, keep_backend: bool = False) -> None:
+        """The client connection is closed: drop what the streams still buffer (but the
+        backend stream's, ``keep_backend``, while the server's answers are still read)."""
         self._enter(Phase.CLOSED)
         if self.frontend is not None:
             self.frontend.release()
-        if self.backend is not None:
+        if self.backend is not None and not keep_backend:
             self.backend.release()
 
     def _outcome(self, execution: ReplyShaping, error: Fields | None) -> None:

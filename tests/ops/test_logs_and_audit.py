@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import PgServer, wait_until
 from tests.e2e.victims import Victims
+from tests.rawpg import handshake, query_message
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -174,3 +175,43 @@ def test_audit_names_real_clients_of_every_worker(
     wait_until(lambda: audit_file.exists() and audit_file.read_text(), 10, "the audit record")
     (record,) = _json_lines(audit_file.read_text())
     assert {entry["pid"]: entry.get("real_client") for entry in record["sessions"]} == addresses
+
+
+@pytest.mark.parametrize("leave", ["close", "half-close"])
+def test_a_client_that_leaves_at_once_is_still_audited(
+    start_proxy, pg: PgServer, make_db, victims: Victims, tmp_path: Path, leave: str
+) -> None:
+    """The server runs a CLEAN whether or not its client waits for the answer: the proxy
+    reads the answer on and writes the record, then lets the server connection go."""
+    audit_file = tmp_path / "audit.jsonl"
+    proxy = start_proxy("--audit-log", str(audit_file))
+    db = make_db()
+    victims.open("idle", pg.dsn(db))
+    victims.open("busy", pg.dsn(db), state="active")
+    statement = f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"
+    with socket.create_connection((proxy.host, proxy.port)) as sock:
+        handshake(sock, pg.user, application_name="leaver")
+        sock.sendall(query_message(statement))
+        if leave == "half-close":
+            sock.shutdown(socket.SHUT_WR)
+    victims.assert_fate({"idle", "busy"})
+    wait_until(
+        lambda: audit_file.exists() and audit_file.read_text().strip(), 30, "the audit record"
+    )
+    (record,) = _json_lines(audit_file.read_text())
+    assert record["statement"] == statement and record["app"] == "leaver"
+    assert record["result"] == "ok" and record["terminated"] == 2
+    assert {entry["pid"] for entry in record["sessions"]} == {
+        victim.pid for victim in victims.all.values()
+    }
+    # And then the server connection is let go: no backend of the leaver stays.
+    with pg.connect() as admin:
+        wait_until(
+            lambda: (
+                not admin.execute(
+                    "select 1 from pg_stat_activity where application_name = 'leaver'"
+                ).fetchall()
+            ),
+            30,
+            "the leaver's backend to exit",
+        )
