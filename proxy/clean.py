@@ -578,6 +578,9 @@ class CleanConnectionDialect:
         self.audit = AuditTrail()  # where audit records go (replaced by the application)
 
     might_rewrite = staticmethod(might_contain_clean)
+    rewrite_word = b"clean"
+    """``might_rewrite`` is exactly "this word occurs, in any case" (see
+    :class:`~proxy.streams.Dialect`): the compiled stream tests it without a call."""
 
     @staticmethod
     def might_redefine(body: bytes) -> bool:

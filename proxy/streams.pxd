@@ -33,11 +33,12 @@ cdef class FrontendStream:
     cdef dict _statements
     cdef dict _portals
     cdef bint _tracking
+    cdef object _rewrite_word
 
     @cython.locals(
         state=SessionState, out=list, left=Py_ssize_t, n=Py_ssize_t, pos=Py_ssize_t,
         run_start=Py_ssize_t, max_size=Py_ssize_t, tracking=bint, compiled=bint,
-        t=Py_ssize_t, length=Py_ssize_t, end=Py_ssize_t,
+        t=Py_ssize_t, length=Py_ssize_t, end=Py_ssize_t, word=bytes,
     )
     cpdef list feed(self, bytes data)
 
@@ -56,3 +57,7 @@ cdef class BackendStream:
         completions=Py_ssize_t, length=Py_ssize_t, kind=Py_ssize_t,
     )
     cpdef list feed(self, bytes data)
+
+
+@cython.locals(size=Py_ssize_t, first=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, last=Py_ssize_t)
+cpdef bint contains_word(bytes data, Py_ssize_t start, Py_ssize_t end, bytes word)

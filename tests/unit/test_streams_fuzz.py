@@ -180,3 +180,27 @@ def test_nothing_is_held_before_login() -> None:
     assert b"".join(stream.feed(header)) == header
     chunk = b"clean connection 1," * 1000
     assert b"".join(stream.feed(chunk)) == chunk
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    body=st.binary(max_size=80)
+    | st.lists(st.sampled_from([b"clean", b"CLEAN", b"cLeAn", b"clea", b"x", b"\x80", b"@"])).map(
+        b"".join
+    ),
+    word=st.sampled_from([b"clean", b"c", b"deallocate"]),
+    cut=st.integers(0, 3),
+)
+def test_contains_word_is_a_case_insensitive_find(
+    stream_build, body: bytes, word: bytes, cut: int
+) -> None:
+    """The compiled stream's pre-test without a call agrees with the dialect's own."""
+    data = b"\xff" * cut + body + b"\xfe" * cut
+    expected = body.lower().find(word) >= 0
+    assert stream_build.contains_word(data, cut, cut + len(body), word) is expected
+    if word == b"clean":
+        assert CleanConnectionDialect.might_rewrite(body) is expected
