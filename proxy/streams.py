@@ -381,11 +381,9 @@ class FrontendStream:
         while n - pos >= 5:
             t = data[pos]
             if compiled:  # four byte reads in C; struct's one call when interpreted
+                length = data[pos + 1]  # a C Py_ssize_t: widened before the shift
                 length = (
-                    (data[pos + 1] << 24)
-                    | (data[pos + 2] << 16)
-                    | (data[pos + 3] << 8)
-                    | data[pos + 4]
+                    (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
                 )
             else:
                 length = unpack(data, pos + 1)[0]
@@ -750,11 +748,9 @@ class BackendStream:
         compiled = cython.compiled
         while n - pos >= 5:
             if compiled:
+                length = data[pos + 1]  # a C Py_ssize_t: widened before the shift
                 length = (
-                    (data[pos + 1] << 24)
-                    | (data[pos + 2] << 16)
-                    | (data[pos + 3] << 8)
-                    | data[pos + 4]
+                    (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
                 )
             else:
                 length = unpack(data, pos + 1)[0]
