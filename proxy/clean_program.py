@@ -305,12 +305,16 @@ SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
        x.backend_start, x.action, x.reason
   FROM (
     SELECT 0 AS k, s.pid, s.usename, s.datname, s.application_name,
-           COALESCE(peer.addr, CASE
+           CASE
+             -- a session hidden from the caller in pg_stat_activity (backend_start NULL):
+             -- the proxy's record of its real client must not show it either
+             WHEN s.backend_start IS NULL THEN NULL
+             WHEN peer.addr IS NOT NULL THEN peer.addr
              WHEN s.client_addr IS NULL THEN NULL
              WHEN pg_catalog.family(s.client_addr) OPERATOR(pg_catalog.=) 6
              THEN pg_catalog.format('[%s]:%s', pg_catalog.host(s.client_addr), s.client_port)
              ELSE pg_catalog.format('%s:%s', pg_catalog.host(s.client_addr), s.client_port)
-           END) AS client_addr,
+           END AS client_addr,
            s.state, s.backend_start, s.action, s.reason
       FROM g CROSS JOIN LATERAL ({decisions}) s
       LEFT JOIN peer ON peer.pid OPERATOR(pg_catalog.=) s.pid

@@ -361,6 +361,16 @@ def load_config(argv: list[str] | None = None, environ: dict[str, str] | None = 
         options[name] = number
     if options.get("max_message_size", 5) < 5:  # type: ignore[operator]
         raise ConfigError("max-message-size: must be at least 5 bytes")
+    # A message's length is a 32-bit field; the streams (compiled: C Py_ssize_t) and the
+    # socket options (C int) take nothing larger.
+    for name, most in (
+        ("max_message_size", 0xFFFFFFFF),
+        ("tcp_keepalive_idle", 0x7FFFFFFF),
+        ("tcp_keepalive_interval", 0x7FFFFFFF),
+        ("tcp_keepalive_count", 0x7FFFFFFF),
+    ):
+        if options.get(name, 0) > most:  # type: ignore[operator]
+            raise ConfigError(f"{name.replace('_', '-')}: must be at most {most}")
     log_level = str(value("log_level") or "info").lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log-level: unknown level {log_level!r}")

@@ -19,6 +19,7 @@ succeeded (or none was tried), 503 otherwise (draining, not started, upstream do
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.server
 import os
 import shutil
@@ -47,6 +48,8 @@ from .config import Address
 SAMPLE_INTERVAL = 1.0  # seconds between two samples of the sessions' own counters
 OTHER = "other"  # the label value of databases/users beyond the label limit
 PHASES = ("startup", "tls", "relay")
+HTTP_CONNECTIONS = 16  # metrics connections served at once; more are closed on accept
+HTTP_TIMEOUT = 10.0  # seconds a metrics connection may stay silent before it is closed
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -391,8 +394,13 @@ class MetricsServer:
         self.registry = registry
         self.refresh = refresh
         owner = self
+        slots = threading.BoundedSemaphore(HTTP_CONNECTIONS)
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            # An idle or slow client must not hold a thread and a descriptor for ever:
+            # descriptors are the proxy's clients' too.
+            timeout = HTTP_TIMEOUT
+
             def do_GET(self) -> None:
                 owner._answer(self)
 
@@ -407,6 +415,38 @@ class MetricsServer:
                 if reuse_port:
                     self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 super().server_bind()
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # socketserver prints a multi-line traceback to stderr (the log) for a
+                # request that broke its handler (line too long, peer reset): a scraper's
+                # failure, not the proxy's, and no way to write into the log.
+                pass
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                try:
+                    return super().get_request()
+                except OSError as exc:
+                    # Out of descriptors, the listener stays readable: without a pause
+                    # this thread would spin, taking the GIL from the relay's loop.
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        time.sleep(0.1)
+                    raise
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not slots.acquire(blocking=False):  # busy: close it, spawn no thread
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
 
         self._httpd = Server((address.host or "127.0.0.1", address.port), Handler)
         self._thread = threading.Thread(

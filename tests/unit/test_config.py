@@ -206,6 +206,12 @@ def one_line_error(argv: list[str], env: dict[str, str] | None = None) -> str:
         ([], {"PGDP_CONNECT_TIMEOUT": "-1"}, "connect-timeout"),
         (["--shutdown-timeout", "0"], {}, "shutdown-timeout"),
         (["--max-message-size", "4"], {}, "max-message-size"),
+        # beyond the 32-bit length field (the compiled streams' C integers overflowed)
+        (["--max-message-size", str(1 << 63)], {}, "max-message-size"),
+        (["--max-message-size", str(1 << 32)], {}, "max-message-size"),
+        # beyond a C int: setsockopt raised TypeError on every accepted connection
+        (["--tcp-keepalive-idle", str(1 << 31)], {}, "tcp-keepalive-idle"),
+        ([], {"PGDP_TCP_KEEPALIVE_COUNT": str(1 << 40)}, "tcp-keepalive-count"),
         (["--client-login-timeout", "0"], {}, "client-login-timeout"),
         ([], {"PGDP_CLIENT_LOGIN_TIMEOUT": "nan"}, "client-login-timeout"),
         ([], {"PGDP_CLIENT_LOGIN_TIMEOUT": "soon"}, "client-login-timeout"),
