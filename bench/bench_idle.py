@@ -175,7 +175,11 @@ def _run_proxy_in_thread(direct: Target, port: int) -> tuple[threading.Thread, l
     ready = threading.Event()
 
     async def serve() -> None:
-        server = ProxyServer(config, config.upstream)  # type: ignore[arg-type]
+        from proxy.clean import CleanConnectionDialect
+        from proxy.runtime import Runtime
+
+        runtime = Runtime(config, config.upstream, dialect=CleanConnectionDialect())  # type: ignore[arg-type]
+        server = ProxyServer(runtime)
         await server.start()
         holder.extend([asyncio.get_running_loop(), server])
         ready.set()

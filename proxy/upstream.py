@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Address
 from .wire import SSL_REQUEST_CODE
@@ -18,17 +19,33 @@ class UpstreamError(ConnectionError):
     """The upstream server could not be reached; the message names it for the client."""
 
 
+PREFER_PLAIN_SECONDS = 60.0
+"""After a server refused TLS (``N``), ``prefer`` connects in plain text for this long
+without asking again: the SSLRequest round trip is skipped on every other connect."""
+
+
+@dataclass(slots=True)
+class PreferMemo:
+    """What ``prefer`` remembers of the server's last answer to an SSLRequest."""
+
+    plain_until: float = 0.0  # time.monotonic() before which the server is known to say N
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamTLS:
     """How to negotiate TLS with the server (libpq's sslmode semantics).
 
     ``mode``: ``prefer`` (TLS when the server offers it), ``require``, ``verify-ca`` or
     ``verify-full`` (TLS or fail; the last two verify the certificate, ``verify-full`` also
-    the host name). Unix-domain sockets never use TLS, as with libpq.
+    the host name). Unix-domain sockets never use TLS, as with libpq. ``prefer`` asks
+    again at most every :data:`PREFER_PLAIN_SECONDS` after a refusal (and after every
+    SIGHUP, which builds a new record): a server that turns TLS on is used with TLS from
+    then on, and plain text was all ``prefer`` ever promised towards one that does not.
     """
 
     mode: str
     context: ssl.SSLContext
+    memo: PreferMemo = field(default_factory=PreferMemo, compare=False)
 
     @property
     def required(self) -> bool:
@@ -103,6 +120,11 @@ async def _connect_negotiating_tls(
     protocol_factory: Callable[[], asyncio.Protocol],
     tls: UpstreamTLS,
 ) -> tuple[asyncio.Transport, asyncio.Protocol, bool]:
+    if not tls.required and time.monotonic() < tls.memo.plain_until:
+        transport, protocol = await loop.create_connection(
+            protocol_factory, upstream.host, upstream.port
+        )
+        return transport, protocol, False
     transport, negotiation = await loop.create_connection(_SSLAnswer, upstream.host, upstream.port)
     try:
         transport.write(SSL_REQUEST)
@@ -114,6 +136,7 @@ async def _connect_negotiating_tls(
             encrypted = True
         elif answer == b"N" and not tls.required:
             encrypted = False
+            tls.memo.plain_until = time.monotonic() + PREFER_PLAIN_SECONDS
         elif answer == b"N":
             raise UpstreamError(
                 f'upstream server "{upstream}" does not support SSL, '
