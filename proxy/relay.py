@@ -450,26 +450,31 @@ class ServerProtocol(asyncio.Protocol):
         return self._drain_timer is not None
 
     def _drain_outcomes(self) -> bool:
-        """The client left while rewritten statements it sent are still owed an answer
-        (a CLEAN's terminations happen whether or not anyone reads it): keep reading the
-        server's answers, for their outcomes alone (the audit record), and close once the
-        last is in, or after the longest such a statement may run. True if draining."""
+        """The client left while a rewritten statement it sent is still owed an answer (a
+        CLEAN's terminations happen whether or not anyone reads it): send the server a Sync
+        and a Terminate in the client's place, and read its answers, for their outcomes
+        alone (the audit record), until it closes; at most the longest such a statement
+        may run. With a message half-sent, nothing is drained. True if draining."""
         session = self._client.session
         state = session.state if session is not None else None
+        frontend = session.frontend if session is not None else None
         if (
             self._drain_timer is not None
             or self._feed is None
             or state is None
             or not state.ready
-            or not state.queue
+            or frontend is None
+            or not frontend.awaits_shaped_answer()
         ):
             return self._drain_timer is not None
+        goodbye = frontend.client_gone()
+        if goodbye is None:  # a message half-sent: the server waits for its rest, not us
+            return False
+        self.transport.write(goodbye)
         backend_feed = session.backend.feed  # type: ignore[union-attr]
 
         def drain(data: bytes) -> list[bytes]:
             backend_feed(data)
-            if not state.queue:
-                self.close()
             return []
 
         self._feed = drain

@@ -54,6 +54,9 @@ from .wire import (
     query_header,
 )
 
+SYNC = b"S\x00\x00\x00\x04"
+TERMINATE = b"X\x00\x00\x00\x04"
+
 PG_MAX_AUTH_TOKEN_LENGTH = 65535
 """The largest message PostgreSQL accepts while authenticating (password, SASL, GSS)."""
 
@@ -339,6 +342,30 @@ class FrontendStream:
     @property
     def groups_sent(self) -> int:
         return self._state.groups_sent
+
+    def at_message_boundary(self) -> bool:
+        """True when the server has been sent whole messages only (none is half-streamed)."""
+        return not self._stream_left
+
+    def awaits_shaped_answer(self) -> bool:
+        """True while a shaped execution sent in a closed group (Query, Sync) is unanswered."""
+        state = self._state
+        return any(plan.slots and plan.group < state.groups_sent for plan in state.queue)
+
+    def client_gone(self) -> bytes | None:
+        """The client left. If the server was sent whole messages only: the Sync and
+        Terminate to send in its place, so that the server answers everything it was sent
+        (the Sync ends an extended-protocol group, and the error state in which the server
+        skips every message until a Sync), then ends the session and closes; else None.
+        Held bytes the server never saw are dropped."""
+        if self._stream_left:
+            return None
+        self._pending = bytearray()
+        self._scan = None
+        self._state.groups_sent += 1
+        self._executes = 0
+        self._syncs_since_execute += 1
+        return SYNC + TERMINATE
 
     def release(self) -> None:
         """Drop buffered bytes: the session is over."""
