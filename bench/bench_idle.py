@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Target, pgbouncer, postgres, proxy, raise_nofile, rss_kb
+from _common import Target, pgbouncer, postgres, proxy, pump, raise_nofile, rss_kb
 
 PROTOCOL_3 = 196608
 
@@ -140,6 +140,8 @@ def measure(args: argparse.Namespace) -> None:
     rows: list[tuple[str, int, int, float]] = []
     with postgres(args.upstream, settings) as (direct, scratch):
         with proxy(direct, scratch, log_level="warning") as target:
+            rows.append((target.name, *per_connection(target, args)))
+        with pump(direct, scratch) as target:  # the floor: two uvloop transports, no framing
             rows.append((target.name, *per_connection(target, args)))
         with pgbouncer(
             direct,

@@ -204,16 +204,18 @@ def _run_workers(launch: _Launch) -> None:
             forget_worker(launch.peers_dir, worker_pid)
         metrics_module.worker_exited(worker_pid)
 
-    def reload_here() -> None:
-        """SIGHUP in the supervisor (then forwarded to every worker): the problems are
-        reported here, once, and the workers started from now on get the new settings."""
+    def reload_here() -> bool:
+        """SIGHUP in the supervisor (then forwarded to every worker if valid): the
+        problems are reported here, once, and the workers started from now on get the new
+        settings. False: the configuration is invalid, nothing changes anywhere."""
         nonlocal current
         reloaded = reload_config(current, report=True)
         if reloaded is None:
-            return
+            return False
         config, tls = reloaded
         configure_logging(config.log_level, config.log_format, workers=True)
         current = dataclasses.replace(current, config=config, tls=tls)
+        return True
 
     try:
         supervise(launch.config.workers, work, on_exit=exited, on_reload=reload_here)

@@ -39,11 +39,13 @@ def supervise(
     count: int,
     work: Callable[[int], None],
     on_exit: Callable[[int], None] | None = None,
-    on_reload: Callable[[], None] | None = None,
+    on_reload: Callable[[], bool] | None = None,
 ) -> int:
     """Run ``work(index)`` in ``count`` forked processes until a signal stops them all;
     ``on_exit(pid)`` is called for each worker process that exited. SIGHUP is forwarded
-    to every worker (each reloads its settings) after ``on_reload()`` ran here."""
+    to every worker (each reloads its settings) when ``on_reload()``, run here first,
+    returns True: a configuration the supervisor refused is not re-read by the workers
+    (they keep theirs, and cannot read a file that changed again since in the meantime)."""
     children: dict[int, int] = {}
     stopping = False
 
@@ -73,8 +75,8 @@ def supervise(
                 os.kill(pid, signum)
 
     def reload(signum: int, _frame: object) -> None:
-        if on_reload is not None:
-            on_reload()
+        if on_reload is not None and not on_reload():
+            return
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
