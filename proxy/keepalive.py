@@ -11,20 +11,36 @@ from typing import Any
 
 from .config import Config
 
+TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
-def set_keepalive(sock: Any, config: Config) -> None:
-    """Apply the keepalive settings of ``config`` to ``sock`` (a TCP socket, or the
-    socket-like object a transport returns); other sockets are left alone."""
-    if sock is None or getattr(sock, "family", None) not in (socket.AF_INET, socket.AF_INET6):
+KeepaliveOptions = tuple[tuple[int, int, int], ...]
+"""``(level, option, value)`` for each ``setsockopt`` call, in order."""
+
+
+def keepalive_options(config: Config) -> KeepaliveOptions:
+    """The ``setsockopt`` calls that apply the keepalive settings of ``config``: worked
+    out once per configuration, not per connection."""
+    if not config.tcp_keepalive:
+        return ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0),)
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, seconds in (
+        ("TCP_KEEPIDLE", config.tcp_keepalive_idle),
+        ("TCP_KEEPINTVL", config.tcp_keepalive_interval),
+        ("TCP_KEEPCNT", config.tcp_keepalive_count),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None and seconds is not None:
+            options.append((socket.IPPROTO_TCP, option, seconds))
+    return tuple(options)
+
+
+def apply_keepalive(sock: Any, options: KeepaliveOptions) -> None:
+    """Make the ``setsockopt`` calls ``options`` on ``sock``, a TCP socket (or the
+    socket-like object a transport returns; None for a transport already closed); a
+    failure leaves the socket as it is."""
+    if sock is None:
         return
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if config.tcp_keepalive else 0)
-        if not config.tcp_keepalive:
-            return
-        for option, seconds in (
-            (getattr(socket, "TCP_KEEPIDLE", None), config.tcp_keepalive_idle),
-            (getattr(socket, "TCP_KEEPINTVL", None), config.tcp_keepalive_interval),
-            (getattr(socket, "TCP_KEEPCNT", None), config.tcp_keepalive_count),
-        ):
-            if option is not None and seconds is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, seconds)
+        for level, option, setting in options:
+            sock.setsockopt(level, option, setting)
+

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from .config import Address, Config
 from .events import NO_EVENTS, SessionEvents
+from .keepalive import KeepaliveOptions, keepalive_options
 from .peers import PeerRegistry
 from .streams import Dialect
 from .upstream import UpstreamTLS
@@ -22,7 +23,7 @@ class Runtime:
     accepted with (SSLRequest answered ``S``); without one SSLRequest is answered ``N``.
     ``upstream_tls`` says how to negotiate TLS with the server (None: plain). ``peers``
     records which backend serves which real client. ``events`` is told what happens to
-    sessions, once per event (metrics).
+    sessions, once per event (metrics). ``keepalive`` is worked out from ``config``.
     """
 
     config: Config
@@ -32,3 +33,7 @@ class Runtime:
     upstream_tls: UpstreamTLS | None = None
     peers: PeerRegistry = field(default_factory=PeerRegistry)
     events: SessionEvents = NO_EVENTS
+    keepalive: KeepaliveOptions = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keepalive", keepalive_options(self.config))

@@ -29,7 +29,7 @@ from typing import Any
 from . import hotpath
 from .config import Address
 from .events import LIMIT
-from .keepalive import set_keepalive
+from .keepalive import TCP_FAMILIES, apply_keepalive
 from .logfmt import RateLimitedLog
 from .relay import ADMIN_SHUTDOWN, ClientProtocol
 from .runtime import Runtime
@@ -56,11 +56,12 @@ class Acceptor:
     def __init__(
         self,
         sock: socket.socket,
-        adopt: Callable[[socket.socket], None],
+        adopt: Callable[[socket.socket, bool], None],
         on_error: Callable[[OSError], None],
     ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
+        self._tcp = sock.family in TCP_FAMILIES  # its connections take keepalive settings
         self._loop = asyncio.get_running_loop()
         self._adopt = adopt
         self._on_error = on_error
@@ -87,7 +88,7 @@ class Acceptor:
                         break
                     except ConnectionAbortedError:
                         continue
-                    self._adopt(conn)
+                    self._adopt(conn, self._tcp)
         if self._retry is not None:
             self._retry.cancel()  # the reader is off already
         else:
@@ -107,7 +108,7 @@ class Acceptor:
                 self._loop.remove_reader(self._fd)
                 self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume)
                 return
-            self._adopt(conn)
+            self._adopt(conn, self._tcp)
 
     def _resume(self) -> None:
         self._retry = None
@@ -172,6 +173,7 @@ class ProxyServer:
         # The relay's build in use: compiled where it was built (see proxy.hotpath).
         self._client_protocol: type[ClientProtocol] = hotpath.build("relay")[0].ClientProtocol
         self._admitted = 0  # clients in ``clients`` not over max_client_conn
+        self._on_client_closed = self._client_closed  # one bound method for every client
         self._refusals = RateLimitedLog(self._log_refusals, LOG_INTERVAL)
         self._acceptors: list[Acceptor] = []
         self._adopting: set[asyncio.Task[None]] = set()  # accepted, not yet connected
@@ -203,9 +205,10 @@ class ProxyServer:
             self.metrics.set_accepting(True)
         return bound
 
-    def _adopt(self, conn: socket.socket) -> None:
+    def _adopt(self, conn: socket.socket, tcp: bool) -> None:
         conn.setblocking(False)
-        set_keepalive(conn, self.runtime.config)
+        if tcp:
+            apply_keepalive(conn, self.runtime.keepalive)
         if self.metrics is not None:
             self.metrics.accepted()
         task = asyncio.get_running_loop().create_task(self._connect_accepted(conn))
@@ -237,7 +240,7 @@ class ProxyServer:
     def _new_client(self) -> ClientProtocol:
         over_limit = self._admitted >= self.runtime.config.max_client_conn
         client = self._client_protocol(
-            self.runtime, self._client_closed, self._refused if over_limit else None
+            self.runtime, self._on_client_closed, self._refused if over_limit else None
         )
         if not over_limit:
             self._admitted += 1
@@ -271,7 +274,12 @@ class ProxyServer:
                 state.groups_sent if state is not None else 0,
                 state.answering_group + 1 if state is not None else 0,
             )
-        if session is not None and session.user and not client.over_limit:
+        if (
+            session is not None
+            and session.user
+            and not client.over_limit
+            and session_log.isEnabledFor(logging.INFO)
+        ):
             session_log.info(
                 "%s closed duration=%.3fs bytes_in=%d bytes_out=%d",
                 session.describe(),

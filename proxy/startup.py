@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from .appname import with_client_address
 from .events import LOGIN_TIMEOUT as REFUSED_LOGIN_TIMEOUT
 from .events import UPSTREAM_UNREACHABLE
-from .keepalive import set_keepalive
+from .keepalive import apply_keepalive
 from .logfmt import value
 from .runtime import Runtime
 from .session import ENCRYPTION_REFUSED, TLS_ACCEPTED, Phase, Session, StartupAction
@@ -262,18 +262,20 @@ class ClientStartup:
             client.end(error_response("08001", str(exc), severity="FATAL"))
             return
         runtime.events.upstream_connected(time.monotonic() - began)
-        set_keepalive(transport.get_extra_info("socket"), runtime.config)
+        if not runtime.upstream.unix_path:  # TCP: keepalive on the server leg too
+            apply_keepalive(transport.get_extra_info("socket"), runtime.keepalive)
         if client.is_closed():
             transport.abort()
             return
         client.start_relay(server, transport, encrypted)
-        log.info(
-            "%s opened app=%s upstream=%s%s",
-            session.describe(),
-            value(session.application_name) if session.application_name else "-",
-            runtime.upstream,
-            " (tls)" if encrypted else "",
-        )
+        if log.isEnabledFor(logging.INFO):  # describe() is not free: only when it is said
+            log.info(
+                "%s opened app=%s upstream=%s%s",
+                session.describe(),
+                value(session.application_name) if session.application_name else "-",
+                runtime.upstream,
+                " (tls)" if encrypted else "",
+            )
         if runtime.config.application_name_add_host and ":" in session.client_address:
             transport.write(with_client_address(packet, session.client_address))
         else:

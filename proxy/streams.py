@@ -183,6 +183,11 @@ class ReplyPlan:
     spans: tuple[tuple[int, int, int], ...] = ()
 
 
+# The statement and portal plans of a stream that has none: never written to (pop and
+# clear of an empty dict are no-ops), so every idle session shares it.
+_NO_PLANS: dict = {}
+
+
 class SessionState:
     """Protocol state of one session that both streams and the rewriter see.
 
@@ -322,8 +327,9 @@ class FrontendStream:
         self._rewrite_word: bytes | None = getattr(dialect, "rewrite_word", None)
         # A partial header, or a Query/Parse/tracked message not yet whole, and how many
         # bytes it must reach before parsing is worth retrying (appending is amortised O(1):
-        # a 100 MB query in 256 kB reads must not be re-copied on every read).
-        self._pending = bytearray()
+        # a 100 MB query in 256 kB reads must not be re-copied on every read). None when
+        # nothing is held: an idle session keeps no buffer.
+        self._pending: bytearray | None = None
         self._pending_need = 0
         # The scan of the pending Query/Parse text, advanced as its bytes arrive, and the
         # offset of that text in the message (0: not known yet).
@@ -335,8 +341,10 @@ class FrontendStream:
         self._syncs_since_execute = 0
         self._executes_before_sync = 0
         # Prepared statements / portals whose executions are shaped, and whether any exist.
-        self._statements: dict[bytes, StatementPlan] = {}
-        self._portals: dict[bytes, StatementPlan] = {}
+        # Both start as the shared empty _NO_PLANS (an idle session holds no dict of its
+        # own); the two places that insert give the stream its own dict first.
+        self._statements: dict[bytes, StatementPlan] = _NO_PLANS
+        self._portals: dict[bytes, StatementPlan] = _NO_PLANS
         self._tracking = False
 
     @property
@@ -360,7 +368,7 @@ class FrontendStream:
         Held bytes the server never saw are dropped."""
         if self._stream_left:
             return None
-        self._pending = bytearray()
+        self._pending = None
         self._scan = None
         self._state.groups_sent += 1
         self._executes = 0
@@ -369,7 +377,7 @@ class FrontendStream:
 
     def release(self) -> None:
         """Drop buffered bytes: the session is over."""
-        self._pending = bytearray()
+        self._pending = None
         self._scan = None
         self._statements.clear()
         self._portals.clear()
@@ -394,7 +402,7 @@ class FrontendStream:
                 self._advance_scan()
                 return out
             data = bytes(self._pending)
-            self._pending = bytearray()
+            self._pending = None
         n = len(data)
         pos = run_start = 0
         max_size = self._max
@@ -497,7 +505,7 @@ class FrontendStream:
         if self._pending:
             self._pending += data
             data = bytes(self._pending)
-            self._pending = bytearray()
+            self._pending = None
         n = len(data)
         pos = left
         while n - pos >= 5:
@@ -574,6 +582,8 @@ class FrontendStream:
             statement, _ = cstring_at(body, at)
             planned = self._statements.get(statement)
             if planned is not None:
+                if self._portals is _NO_PLANS:
+                    self._portals = {}
                 self._portals[portal] = planned
             else:
                 self._portals.pop(portal, None)
@@ -653,6 +663,8 @@ class FrontendStream:
             if rewrite.syntax_fix is not None:
                 self._state.for_group(self._state.groups_sent).syntax_fix = rewrite.syntax_fix
             return None
+        if self._statements is _NO_PLANS:
+            self._statements = {}
         self._statements[name] = rewrite.planned[0][1]
         self._tracking = True
         assert rewrite.sql is not None
@@ -729,7 +741,8 @@ class BackendStream:
         self._skip = 0  # bytes of the current message body still to pass through
         # A partial header, or a message held whole for shaping, and the length it must
         # reach: accumulated in place, so a 100 MB message held back costs linear time.
-        self._carry = bytearray()
+        # None when nothing is held.
+        self._carry: bytearray | None = None
         self._carry_need = 0
         # Set when both sides are TLS: remove SCRAM-SHA-256-PLUS from AuthenticationSASL.
         self.strip_scram_plus = False
@@ -748,7 +761,7 @@ class BackendStream:
 
     def release(self) -> None:
         """Drop buffered bytes: the session is over."""
-        self._carry = bytearray()
+        self._carry = None
 
     def feed(self, data: bytes) -> list[bytes]:
         """The chunks to send to the client for ``data`` received from the server."""
@@ -763,7 +776,7 @@ class BackendStream:
             if len(self._carry) < self._carry_need:
                 return []
             data = bytes(self._carry)
-            self._carry = bytearray()
+            self._carry = None
         state = self._state
         if state.queue or self.strip_scram_plus:
             return self._walk_shaping(data, pos)
