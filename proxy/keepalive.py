@@ -43,4 +43,3 @@ def apply_keepalive(sock: Any, options: KeepaliveOptions) -> None:
     with contextlib.suppress(OSError):
         for level, option, setting in options:
             sock.setsockopt(level, option, setting)
-
