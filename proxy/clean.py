@@ -10,7 +10,8 @@ the server runs in the caller's own session with the caller's privileges (semant
 README.md, "CLEAN CONNECTION"). The proxy then shapes that statement's replies
 (:mod:`proxy.streams`): tag ``CLEAN CONNECTION``, no PL/pgSQL CONTEXT, and the final
 ``INFO`` line with the counts is consumed for the audit record, never forwarded
-(:class:`CleanPlan`); tag ``EXPLAIN`` and the statement's own errors (:class:`ExplainPlan`).
+(:class:`CleanPlan`); tag ``EXPLAIN``, the statement's own errors and the real client
+addresses in its rows (:class:`ExplainPlan`).
 
 Certain or nothing: whatever the scan or the decoding cannot judge exactly is forwarded
 unchanged, and the server rejects the unknown statement as a syntax error.
@@ -23,6 +24,7 @@ grammar's (``SyntaxFix``).
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
@@ -158,8 +160,9 @@ def rewrite_text(
     sessions to exit; ``check_seconds`` how long CHECK waits for other sessions to leave;
     ``without_force`` what a statement without FORCE terminates (``idle`` or ``none``).
     ``EXPLAIN CLEAN CONNECTION ...`` statements become the query of
-    :func:`~proxy.clean_program.render_explain`, with the client addresses ``peers()``
-    gives at this moment.
+    :func:`~proxy.clean_program.render_explain`. ``peers()`` gives the real client
+    addresses of the sessions through the proxy (backend pid → ``host:port``): read by
+    each execution (the audit of a CLEAN, the rows of an EXPLAIN), never at rewrite time.
     """
     if scan.uncertain:
         fix = _uncertain_fix(buf, start, end, scan, encoding, settled)
@@ -407,22 +410,18 @@ def _rewrite_valid(
     planned: list[tuple[int, StatementPlan]] = []
     spans: list[tuple[int, int, int]] = []
     cursor = text.start
-    peers: Mapping[int, str] | None = None
     for statement in statements:
         assert statement.clean is not None
         original = text.decode(statement.body_start, statement.body_end)
         plan: StatementPlan
         if statement.explain:
-            if peers is None:
-                peers = options.peers() if options.peers is not None else {}
             sql = render_explain(
                 statement.clean,
                 codec=text.codec or "ascii",
                 encoding=text.encoding,
                 without_force=options.without_force,
-                peers=peers,
             )
-            plan = EXPLAIN_PLAN
+            plan = ExplainPlan(options.peers)
         else:
             sql = render_program(
                 statement.clean,
@@ -432,7 +431,7 @@ def _rewrite_valid(
                 check_seconds=options.check_seconds,
                 without_force=options.without_force,
             )
-            plan = CleanPlan(original)
+            plan = CleanPlan(original, options.peers)
         program = sql.encode("ascii")
         parts.append(view[cursor : statement.body_start])
         parts.append(program)
@@ -455,9 +454,9 @@ class CleanPlan:
 
     __slots__ = ("peers", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, peers: Callable[[], Mapping[int, str]] | None = None) -> None:
         self.text = text
-        self.peers: Callable[[], Mapping[int, str]] | None = None  # set by the dialect
+        self.peers = peers  # the real clients of the sessions through the proxy, now
 
     def start(self) -> CleanRun:
         return CleanRun(self.text, self.peers() if self.peers is not None else {})
@@ -469,6 +468,7 @@ class CleanRun:
     with the counts is consumed for the audit record, never forwarded."""
 
     __slots__ = ("counts", "peers", "sent_at", "sessions", "text")
+    shapes_rows = False  # a DO block returns none
 
     def __init__(self, text: str, peers: Mapping[int, str] | None = None) -> None:
         self.text = text
@@ -478,6 +478,9 @@ class CleanRun:
         self.sent_at = time.monotonic()
         self.counts: dict[str, int] = {}
         self.sessions: list[dict[str, object]] = []  # terminated and skipped, as reported
+
+    def row(self, body: bytes) -> bytes | None:
+        return None
 
     def completed(self, tag: bytes) -> bytes:
         return CLEAN_CONNECTION_TAG
@@ -518,16 +521,39 @@ _INVALID_TEXT = b"22P02"
 
 
 class ExplainPlan:
-    """The reply shaping of a rewritten EXPLAIN CLEAN CONNECTION (stateless: one instance
-    serves every execution): the tag becomes ``EXPLAIN``, as PostgreSQL's EXPLAIN sends,
-    and the query's planned failure (a 22P02 carrying
+    """A rewritten EXPLAIN CLEAN CONNECTION; ``peers()`` gives the real clients of the
+    sessions through the proxy (backend pid → ``host:port``)."""
+
+    __slots__ = ("peers",)
+
+    def __init__(self, peers: Callable[[], Mapping[int, str]] | None = None) -> None:
+        self.peers = peers
+
+    def start(self) -> ExplainRun:
+        return ExplainRun(self.peers)
+
+
+class ExplainRun:
+    """One execution of an EXPLAIN CLEAN CONNECTION: the tag becomes ``EXPLAIN``, as
+    PostgreSQL's EXPLAIN sends; the query's planned failure (a 22P02 carrying
     :data:`~proxy.clean_program.EXPLAIN_ERROR_PREFIX`) becomes the error the statement
-    itself would raise. Rows, notices and every other error pass unchanged."""
+    itself would raise; in each row the ``client_addr`` the query sends as
+    ``<pid>/<pg_stat_activity's address>`` becomes the real client where the session
+    came through the proxy (:func:`with_real_client`), read from ``peers()`` when the
+    first row arrives: the sessions of the moment the query ran, however long ago the
+    statement was prepared. Notices and every other error pass unchanged."""
 
-    __slots__ = ()
+    __slots__ = ("_known", "_peers")
+    shapes_rows = True
 
-    def start(self) -> ExplainPlan:
-        return self
+    def __init__(self, peers: Callable[[], Mapping[int, str]] | None) -> None:
+        self._peers = peers
+        self._known: Mapping[int, str] | None = None
+
+    def row(self, body: bytes) -> bytes | None:
+        if self._known is None:
+            self._known = self._peers() if self._peers is not None else {}
+        return with_real_client(body, self._known)
 
     def completed(self, tag: bytes) -> bytes:
         return EXPLAIN_TAG
@@ -551,7 +577,40 @@ class ExplainPlan:
         return [*kept, (_FIELD_CODE, sqlstate), (_FIELD_MESSAGE, text)]
 
 
-EXPLAIN_PLAN = ExplainPlan()
+EXPLAIN_CLIENT_COLUMN = 4
+"""The index of ``client_addr`` among the columns of EXPLAIN CLEAN CONNECTION."""
+
+_NULL_FIELD = struct.pack("!i", -1)
+
+
+def with_real_client(body: bytes, peers: Mapping[int, str]) -> bytes | None:
+    """The DataRow ``body`` of an EXPLAIN CLEAN CONNECTION row with its ``client_addr``
+    column, which the query sends as ``<pid>/<address>`` (``<address>`` empty where
+    pg_stat_activity shows none), replaced by ``peers[pid]`` if the session came through
+    the proxy, else by ``<address>`` (NULL if empty). None leaves the row as it is: a
+    NULL (a session hidden from the caller) or a row of another shape. Text and binary
+    result formats are the same bytes for a ``text`` column."""
+    size = len(body)
+    if size < 2 or int.from_bytes(body[:2], "big") <= EXPLAIN_CLIENT_COLUMN:
+        return None
+    pos = 2
+    for _ in range(EXPLAIN_CLIENT_COLUMN):
+        if pos + 4 > size:
+            return None
+        pos += 4 + max(int.from_bytes(body[pos : pos + 4], "big", signed=True), 0)
+    if pos + 4 > size:
+        return None
+    length = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+    end = pos + 4 + length
+    if length < 0 or end > size:
+        return None
+    pid, slash, address = body[pos + 4 : end].partition(b"/")
+    if not slash or not pid.isdigit():
+        return None
+    real = peers.get(int(pid))
+    value = real.encode("ascii", "replace") if real is not None else address
+    field = struct.pack("!i", len(value)) + value if value else _NULL_FIELD
+    return body[:pos] + field + body[end:]
 
 
 class CleanConnectionDialect:
@@ -631,10 +690,6 @@ class CleanConnectionDialect:
             without_force=self.without_force,
             peers=self.peers,
         )
-        if rewrite is not None and self.peers is not None:
-            for _, plan in rewrite.planned:
-                if isinstance(plan, CleanPlan):
-                    plan.peers = self.peers  # read when the statement is sent
         return rewrite
 
     def outcome(self, session: Session, execution: ReplyShaping, error: Fields | None) -> None:

@@ -3,9 +3,18 @@ rewritten, from where, the syntax fix at CLEAN, and the shaping of its replies."
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
-from proxy.clean import EXPLAIN_PLAN, CleanConnectionDialect, CleanPlan, rewrite_text
+from proxy.clean import (
+    CleanConnectionDialect,
+    CleanPlan,
+    ExplainPlan,
+    ExplainRun,
+    rewrite_text,
+    with_real_client,
+)
 from proxy.clean_program import explain_error
 from proxy.streams import Rewrite, SessionState
 
@@ -29,14 +38,14 @@ def test_the_whole_explain_statement_becomes_one_select() -> None:
     assert result is not None and result.sql is not None
     query = result.sql[len(head) : -len(tail)]
     assert query.startswith(b"WITH g AS MATERIALIZED") and b";" not in query
-    assert result.planned == ((1, EXPLAIN_PLAN),)
+    assert [(i, type(plan)) for i, plan in result.planned] == [(1, ExplainPlan)]
     assert result.spans == ((len(head), len(explain), len(query)),)
 
 
 def test_explain_and_clean_in_one_text() -> None:
     result = rewrite(b"explain clean connection to all to u; CLEAN CONNECTION TO ALL TO u")
     assert result is not None
-    assert [type(plan) for _, plan in result.planned] == [type(EXPLAIN_PLAN), CleanPlan]
+    assert [type(plan) for _, plan in result.planned] == [ExplainPlan, CleanPlan]
 
 
 @pytest.mark.parametrize(
@@ -71,7 +80,7 @@ def test_an_invalid_explain_gets_the_syntax_fix_at_its_clean_token() -> None:
 
 
 def test_the_planned_failure_becomes_the_statements_error() -> None:
-    run = EXPLAIN_PLAN.start()
+    run = ExplainPlan().start()
     assert run.completed(b"SELECT 3") == b"EXPLAIN"
     sentinel = b'pgdp:explain:3D000:database "a:pgdp" does not exist:pgdp'
     for words in (b'invalid input syntax for type integer: "%s"', "ungültig: »%s«".encode()):
@@ -128,7 +137,8 @@ def test_openGauss_errors_after_explain(
 
 def test_openGauss_names_after_explain() -> None:
     result = rewrite(b"select 1; EXPLAIN CLEAN CONNECTION TO ALL FOR sales#2024")
-    assert result is not None and result.planned == ((1, EXPLAIN_PLAN),)
+    assert result is not None
+    assert [(i, type(plan)) for i, plan in result.planned] == [(1, ExplainPlan)]
 
 
 def test_the_first_clean_token_is_where_the_server_fails_in_an_unfinished_text() -> None:
@@ -140,3 +150,65 @@ def test_the_first_clean_token_is_where_the_server_fails_in_an_unfinished_text()
     assert result.syntax_fix.server_position == b"9"
     assert result.syntax_fix.message == b'unterminated quoted identifier at or near ""x"'
     assert result.syntax_fix.position == str(text.rindex(b'"x') + 1).encode()
+
+
+def data_row(*values: bytes | None) -> bytes:
+    """A DataRow body: the column count, then each column's length (-1: NULL) and bytes."""
+    out = struct.pack("!h", len(values))
+    for value in values:
+        out += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
+    return out
+
+
+def explain_row(client_addr: bytes | None) -> bytes:
+    ts = b"2026-12-05 08:00:00+00"
+    return data_row(b"4242", b"alice", b"sales", b"", client_addr, b"idle", ts, b"terminate", b"")
+
+
+@pytest.mark.parametrize(
+    ("sent", "peers", "shown"),
+    [
+        (b"4242/127.0.0.1:40000", {4242: "192.0.2.7:51234"}, b"192.0.2.7:51234"),  # via proxy
+        (b"4242/127.0.0.1:40000", {17: "192.0.2.7:51234"}, b"127.0.0.1:40000"),  # direct
+        (b"4242/[::1]:40000", {}, b"[::1]:40000"),
+        (b"4242/", {}, None),  # a Unix-socket session: pg_stat_activity shows no address
+        (b"4242/", {4242: "unix"}, b"unix"),  # through the proxy from its Unix socket
+    ],
+)
+def test_client_addr_is_completed_from_the_peers(
+    sent: bytes, peers: dict[int, str], shown: bytes | None
+) -> None:
+    assert with_real_client(explain_row(sent), peers) == explain_row(shown)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        explain_row(None),  # hidden from the caller: stays NULL, nothing is looked up
+        explain_row(b"not a pid/1.2.3.4:5"),
+        explain_row(b"127.0.0.1:5"),
+        data_row(b"1", b"2"),  # not EXPLAIN's shape
+        explain_row(b"4242/x")[: len(data_row(b"4242", b"alice", b"sales", b"")) + 6],  # cut
+        b"",
+        struct.pack("!h", 9) + struct.pack("!i", 1 << 30),  # a length past the end
+    ],
+)
+def test_rows_of_another_shape_are_left_alone(body: bytes) -> None:
+    assert with_real_client(body, {4242: "192.0.2.7:1"}) is None
+
+
+def test_an_execution_reads_the_peers_once_when_its_first_row_arrives() -> None:
+    reads: list[int] = []
+
+    def peers() -> dict[int, str]:
+        reads.append(1)
+        return {4242: "192.0.2.7:1"}
+
+    plan = ExplainPlan(peers)
+    run = plan.start()
+    assert isinstance(run, ExplainRun) and run.shapes_rows and reads == []
+    assert run.row(explain_row(b"4242/10.0.0.1:2")) == explain_row(b"192.0.2.7:1")
+    assert run.row(explain_row(b"4242/10.0.0.1:3")) == explain_row(b"192.0.2.7:1")
+    assert reads == [1]
+    plan.start().row(explain_row(b"4242/10.0.0.1:2"))  # a new execution: read again
+    assert reads == [1, 1]
