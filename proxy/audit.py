@@ -64,6 +64,8 @@ class AuditRecord:
             )
         else:
             outcome = f"result=error sqlstate={value(self.sqlstate)} message={self.error!r}"
+            if self.terminated or self.skipped:  # signalled before it failed
+                outcome += f" terminated={self.terminated} skipped={self.skipped}"
         sessions = json.dumps(self.sessions, ensure_ascii=True, separators=(",", ":"))
         return (
             f"clean_connection conn={self.conn} client={value(self.client)} "

@@ -464,8 +464,9 @@ class CleanPlan:
 
 class CleanRun:
     """One execution of a CLEAN CONNECTION: the tag becomes ``CLEAN CONNECTION``, the
-    program's PL/pgSQL CONTEXT lines go (a native command has none) and its final INFO
-    with the counts is consumed for the audit record, never forwarded."""
+    program's PL/pgSQL CONTEXT lines go (a native command has none) and its INFO lines
+    for the audit record (the sessions terminated and skipped, once signalled; then how
+    many remain) are consumed, never forwarded."""
 
     __slots__ = ("counts", "peers", "sent_at", "sessions", "text")
     shapes_rows = False  # a DO block returns none
@@ -488,7 +489,7 @@ class CleanRun:
     def notice(self, fields: Fields) -> Fields | None:
         text = dict(fields).get(_FIELD_MESSAGE, b"")
         if text.startswith(AUDIT_MARKER):
-            self.counts = _parse_counts(text[len(AUDIT_MARKER) :])
+            self.counts.update(_parse_counts(text[len(AUDIT_MARKER) :]))
             detail = dict(fields).get(_FIELD_DETAIL)
             if detail:
                 self.sessions = decode_sessions(detail)
@@ -714,11 +715,12 @@ def audit_record(session: Session, run: CleanRun, error: Fields | None) -> Audit
         real = run.peers.get(entry.get("pid"))  # type: ignore[arg-type]
         if real is not None and entry.get("outcome") == "terminated":
             entry["real_client"] = real
-    if error is None:
-        record.terminated = run.counts.get("terminated", 0)
-        record.skipped = run.counts.get("skipped", 0)
-        record.remaining = run.counts.get("remaining", 0)
-    else:
+    # Known once the sessions were signalled, even if the statement then failed (it was
+    # cancelled while waiting for them to exit, say): they are terminated all the same.
+    record.terminated = run.counts.get("terminated", 0)
+    record.skipped = run.counts.get("skipped", 0)
+    record.remaining = run.counts.get("remaining", 0)
+    if error is not None:
         fields = dict(error)
         record.sqlstate = fields.get(ord("C"), b"").decode(errors="replace")
         record.error = fields.get(ord("M"), b"").decode(errors="replace")

@@ -246,6 +246,12 @@ BEGIN
     RAISE WARNING USING MESSAGE = pg_catalog.format(
       'permission denied to terminate %s matching session(s); they were skipped', v_skipped);
   END IF;
+  -- Reported as soon as the sessions are signalled, not only at the end: a statement
+  -- cancelled while it waits for them to exit is still audited with them.
+  RAISE INFO USING MESSAGE = pg_catalog.format(
+    '{marker}terminated=%s skipped=%s', v_terminated, v_skipped),
+    DETAIL = pg_catalog.encode(pg_catalog.convert_to(
+      pg_catalog.format('%s', pg_catalog.array_to_json(v_report)), 'UTF8'), 'base64');
 
   v_deadline := pg_catalog.clock_timestamp()
     OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => v_wait_seconds);
@@ -261,10 +267,7 @@ BEGIN
     RAISE WARNING USING MESSAGE = pg_catalog.format(
       'clean active sessions not completed, %s remain', v_remaining);
   END IF;
-  RAISE INFO USING MESSAGE = pg_catalog.format(
-    '{marker}terminated=%s skipped=%s remaining=%s', v_terminated, v_skipped, v_remaining),
-    DETAIL = pg_catalog.encode(pg_catalog.convert_to(
-      pg_catalog.format('%s', pg_catalog.array_to_json(v_report)), 'UTF8'), 'base64');
+  RAISE INFO USING MESSAGE = pg_catalog.format('{marker}remaining=%s', v_remaining);
 END
 {tag}"""
 

@@ -215,3 +215,40 @@ def test_a_client_that_leaves_at_once_is_still_audited(
             30,
             "the leaver's backend to exit",
         )
+
+
+def test_a_clean_cancelled_while_it_waits_is_audited_with_its_victims(
+    start_proxy, pg: PgServer, make_db, make_role, victims: Victims, tmp_path: Path
+) -> None:
+    """The sessions are terminated the moment they are signalled: a statement cancelled
+    while it waits for them to exit (here statement_timeout, while a victim cannot exit:
+    dropping its temporary table at exit waits for a lock another session holds) is
+    audited with them, and its error."""
+    audit_file = tmp_path / "audit.jsonl"
+    proxy = start_proxy("--audit-log", str(audit_file), "--clean-wait-timeout", "60")
+    db = make_db()
+    role = make_role("audit_slow")  # the victim's role: the locker (superuser) stays
+    victim = victims.open("slow", pg.dsn(db, user=role, password="pw"))
+    victim.conn.execute("create temp table held (x int)")
+    (schema,) = victim.conn.execute(
+        "select nspname from pg_namespace where oid = pg_my_temp_schema()"
+    ).fetchone()
+    with pg.connect(dbname=db) as locker:
+        locker.execute("begin")
+        locker.execute(f"lock table {schema}.held in access share mode")
+        statement = f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db} TO USER {role}"
+        with proxy.connect() as conn:
+            conn.execute("set statement_timeout = '500ms'")
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute(statement)
+            assert conn.execute("select 'usable'").fetchone() == ("usable",)
+        wait_until(lambda: audit_file.exists() and audit_file.read_text(), 10, "the record")
+        (record,) = _json_lines(audit_file.read_text())
+        assert record["statement"] == statement
+        assert record["result"] == "error" and record["sqlstate"] == "57014"
+        assert (record["terminated"], record["skipped"]) == (1, 0)
+        (entry,) = record["sessions"]
+        assert entry["pid"] == victim.pid and entry["outcome"] == "terminated"
+        line = next(x for x in proxy.log().splitlines() if "pgdp.audit" in x)
+        assert "result=error sqlstate=57014" in line and "terminated=1 skipped=0" in line
+    victims.assert_fate({"slow"})  # the lock is gone: it could exit
