@@ -26,7 +26,7 @@ from .runtime import Runtime
 from .server import ListenError, ProxyServer
 from .tls import client_tls_context, upstream_tls
 from .upstream import UpstreamTLS
-from .workers import reserve_port, supervise
+from .workers import Inbox, reserve_port, supervise
 
 log = logging.getLogger("pgdp")
 
@@ -58,7 +58,7 @@ class _Launch:
     base: Config | None = None  # the configuration as loaded (before the port was pinned)
     worker: int = 0
     multiprocess: bool = False  # metrics values go to the supervisor's directory
-    supervised: bool = False  # a worker: the supervisor reports reload problems, once
+    inbox: Inbox | None = None  # a worker: the settings the supervisor accepted on SIGHUP
 
 
 def run(config: Config, argv: list[str] | None = None) -> None:
@@ -182,9 +182,9 @@ def _run_workers(launch: _Launch) -> None:
 
     # What a worker is started with; a reload in this process updates it, so that a
     # worker started again after a SIGHUP runs with the reloaded settings.
-    current = dataclasses.replace(launch, config=pinned, supervised=True)
+    current = dataclasses.replace(launch, config=pinned)
 
-    def work(index: int) -> None:
+    def work(index: int, inbox: Inbox) -> None:
         holder.close()
         if endpoint is not None:
             endpoint.close_in_child()
@@ -196,6 +196,7 @@ def _run_workers(launch: _Launch) -> None:
                 fd_limits=launch.fd_limits if first else None,
                 worker=index,
                 multiprocess=directory is not None,
+                inbox=inbox,
             )
         )
 
@@ -204,18 +205,19 @@ def _run_workers(launch: _Launch) -> None:
             forget_worker(launch.peers_dir, worker_pid)
         metrics_module.worker_exited(worker_pid)
 
-    def reload_here() -> bool:
-        """SIGHUP in the supervisor (then forwarded to every worker if valid): the
-        problems are reported here, once, and the workers started from now on get the new
-        settings. False: the configuration is invalid, nothing changes anywhere."""
+    def reload_here() -> Config | None:
+        """SIGHUP in the supervisor: the settings are read and checked here, once, and
+        the problems reported; what it accepts is sent to every worker (see
+        :mod:`proxy.workers`), and workers started from now on get it. None: refused,
+        nothing changes anywhere."""
         nonlocal current
         reloaded = reload_config(current, report=True)
         if reloaded is None:
-            return False
+            return None
         config, tls = reloaded
         configure_logging(config.log_level, config.log_format, workers=True)
         current = dataclasses.replace(current, config=config, tls=tls)
-        return True
+        return config
 
     try:
         supervise(launch.config.workers, work, on_exit=exited, on_reload=reload_here)
@@ -277,7 +279,11 @@ async def _serve(launch: _Launch) -> None:
                 )
             sampler = loop.create_task(_sample_forever(metrics, server))
         server.install_signal_handlers()
-        loop.add_signal_handler(signal.SIGHUP, _Reloader(launch, server, dialect, metrics))
+        reloader = _Reloader(launch, server, dialect, metrics)
+        if launch.inbox is not None:  # a worker: the supervisor handles SIGHUP
+            loop.add_reader(launch.inbox.fileno(), reloader.from_supervisor)
+        else:
+            loop.add_signal_handler(signal.SIGHUP, reloader)
         if launch.fd_limits is not None:
             log_fd_limits(launch.fd_limits, config.max_client_conn)
         for address in bound:
@@ -370,6 +376,11 @@ def reload_config(launch: _Launch, *, report: bool) -> tuple[Config, ssl.SSLCont
             "reload failed, settings unchanged: %s", value(str(exc))
         )
         return None
+    except Exception as exc:  # never out of a signal handler: the proxy must stay up
+        (log.error if report else log.debug)(
+            "reload failed, settings unchanged: %s: %s", type(exc).__name__, value(str(exc))
+        )
+        return None
     restart = (launch.base or launch.config).needs_restart(new)
     if restart and report:
         log.warning(
@@ -381,25 +392,45 @@ def reload_config(launch: _Launch, *, report: bool) -> tuple[Config, ssl.SSLCont
 
 
 class _Reloader:
-    """SIGHUP: read the command line, environment and config file again and apply what
-    can change at run time (log level and format, TLS certificate and key for new
-    handshakes, timeouts, limits, CLEAN settings, audit file, keepalive, application
-    name) to the sessions that start from now on; settings that need a restart are named
-    in one warning and kept. An invalid configuration changes nothing and is logged.
-    In a worker, the supervisor has reported both already: the worker says nothing of them."""
+    """Applies reloaded settings: log level and format, TLS certificate and key for new
+    handshakes, timeouts, limits, CLEAN settings, audit file (reopened: log rotation),
+    keepalive, application name, for the sessions that start from now on.
+
+    Called on SIGHUP in a single process, it reads the command line, environment and
+    config file again; settings that need a restart are named in one warning and kept,
+    an invalid configuration changes nothing and is logged. In a worker,
+    :meth:`from_supervisor` applies what the supervisor read, checked and reported."""
 
     def __init__(self, launch: _Launch, server: ProxyServer, dialect, metrics) -> None:  # type: ignore[no-untyped-def]
         self.launch, self.server, self.dialect, self.metrics = launch, server, dialect, metrics
 
     def __call__(self) -> None:
-        runtime = self.server.runtime
         reloaded = reload_config(
-            dataclasses.replace(self.launch, config=runtime.config),
-            report=not self.launch.supervised,
+            dataclasses.replace(self.launch, config=self.server.runtime.config), report=True
         )
-        if reloaded is None:
+        if reloaded is not None:
+            self.apply(*reloaded)
+
+    def from_supervisor(self) -> None:
+        """The worker's inbox is readable: apply the last settings the supervisor sent."""
+        inbox = self.launch.inbox
+        assert inbox is not None
+        config = inbox.latest()
+        if inbox.closed:  # the supervisor is gone (it will not be long for this worker)
+            asyncio.get_running_loop().remove_reader(inbox.fileno())
+        if not isinstance(config, Config):
             return
-        merged, tls = reloaded
+        try:
+            # The certificate files are read here again (the supervisor read them too):
+            # replaced atomically, as certificate tools do, they are the ones it checked.
+            tls = client_tls_context(config)
+        except ConfigError as exc:
+            log.error("reload failed, settings unchanged: %s", value(str(exc)))
+            return
+        self.apply(config, tls)
+
+    def apply(self, merged: Config, tls: ssl.SSLContext | None) -> None:
+        runtime = self.server.runtime
         # Said in the old format and level: the last line before they change.
         log.info(
             "configuration reloaded: log-level %s, log-format %s, tls %s",

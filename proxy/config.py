@@ -429,4 +429,8 @@ def _read_toml(path: str) -> dict[str, object]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: not UTF-8 at byte {exc.start}"
+        ) from None
     return {key.replace("-", "_"): value for key, value in data.items()}

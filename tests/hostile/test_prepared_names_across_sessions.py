@@ -21,9 +21,9 @@ def test_same_statement_name_in_two_sessions(
 ) -> None:
     target = make_db()
     with (
-        proxy.connect(application_name="atk2-a") as a,
-        proxy.connect(application_name="atk2-b") as b,
-        proxy.connect(application_name="atk2-c") as c,
+        proxy.connect(application_name="iso-a") as a,
+        proxy.connect(application_name="iso-b") as b,
+        proxy.connect(application_name="iso-c") as c,
     ):
         # C starts idle before anyone tracks a statement; B prepares its own "s1" first.
         assert b.pgconn.prepare(b"s1", b"select 42 as answer").status == pq.ExecStatus.COMMAND_OK

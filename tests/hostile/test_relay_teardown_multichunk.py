@@ -34,7 +34,7 @@ def test_backend_terminated_while_client_streams_copy(
 ) -> None:
     before = proxy.log()
     line = (b"x" * 8191 + b"\n") * 8  # 64 KiB per write: messages end mid-read
-    with proxy.connect(application_name="atk2-copy") as conn:
+    with proxy.connect(application_name="teardown-copy") as conn:
         conn.execute("create temp table t (a text)")
         pid = conn.info.backend_pid
         killed = threading.Event()
@@ -74,7 +74,7 @@ def test_client_resets_while_server_streams_a_large_result(
     before = proxy.log()
     for _ in range(5):
         with socket.create_connection((proxy.host, proxy.port), timeout=10) as sock:
-            handshake(sock, pg.user, application_name="atk2-reset")
+            handshake(sock, pg.user, application_name="teardown-reset")
             sock.sendall(query_message("select repeat('y', 300000) from generate_series(1, 200)"))
             while (message := read_message(sock)) is not None and message[0] != b"D":
                 pass  # up to the first row: the server is streaming the rest

@@ -1,5 +1,5 @@
-"""Attacks on SIGHUP with ``--workers``: the supervisor validates the configuration and
-forwards the signal; each worker then reads the files again on its own.
+"""SIGHUP with ``--workers``: the supervisor reads and checks the configuration, then
+sends what it accepted to each worker through the worker's own pipe.
 
 * A worker must end up with the settings the supervisor validated, not with whatever the
   file holds when the worker gets round to reading it (an editor truncating it, the next
@@ -72,11 +72,12 @@ def _kill_all(pids: set[int]) -> None:
 def test_worker_applies_the_configuration_the_supervisor_validated(
     start_proxy, pg: PgServer, tmp_path: Path
 ) -> None:
-    """The supervisor reads version B of the file, accepts it and forwards SIGHUP; before
-    a (busy) worker reads the file itself, the file is truncated (an editor about to write
-    the next version: an empty file is a valid configuration). The worker must apply B,
-    what the supervisor validated and what every worker started from now on runs with;
-    it applies the defaults instead."""
+    """The supervisor reads version B of the file, accepts it and sends it on; before a
+    (busy) worker gets round to it, the file is truncated (an editor about to write the
+    next version: an empty file is a valid configuration). The worker must apply B, what
+    the supervisor validated and what every worker started from now on runs with, not
+    what the file holds when it looks (a worker that re-read the file applied the
+    defaults)."""
     config = tmp_path / "proxy.toml"
     _toml(config, workers=2, log_level="info")
     proxy = start_proxy("--config", str(config))
@@ -88,8 +89,8 @@ def test_worker_applies_the_configuration_the_supervisor_validated(
     try:
         _toml(config, workers=2, log_level="info", log_format="json")
         proxy.process.send_signal(signal.SIGHUP)
-        # Forwarded: the supervisor accepted B and sent the worker its SIGHUP.
-        wait_until(lambda: _status_mask(busy, "ShdPnd") & _HUP, 10, "SIGHUP pending")
+        # The supervisor accepted B and sent it to both workers.
+        wait_until(lambda: "configuration sent to 2 worker(s)" in proxy.log(), 10, "sent")
         config.write_text("")  # truncated: the next version is being written
     finally:
         os.kill(busy, signal.SIGCONT)
@@ -100,10 +101,11 @@ def test_worker_applies_the_configuration_the_supervisor_validated(
 def test_sighup_while_a_worker_starts_is_not_lost(
     start_proxy, pg: PgServer, tmp_path: Path
 ) -> None:
-    """A worker restarted after a crash is forked with the settings of the time; a SIGHUP
-    forwarded before its loop handles SIGHUP is ignored (SIG_IGN) instead of deferred, so
-    that worker runs with the old settings until the next SIGHUP. The worker's start is
-    held at a known point: opening its audit log, a FIFO nobody reads yet."""
+    """A worker restarted after a crash is forked with the settings of the time; settings
+    accepted while it is still starting (its loop not running yet) must reach it (a
+    SIGHUP forwarded then was ignored: that worker ran with the old settings until the
+    next SIGHUP). The worker's start is held at a known point: opening its audit log, a
+    FIFO nobody reads yet."""
     fifo = tmp_path / "audit.fifo"
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the first workers start
