@@ -55,7 +55,15 @@ from .clean_program import (
     render_explain,
     render_program,
 )
-from .streams import Fields, ReplyShaping, Rewrite, SessionState, StatementPlan, SyntaxFix
+from .streams import (
+    DISCARD_ALL,
+    Fields,
+    ReplyShaping,
+    Rewrite,
+    SessionState,
+    StatementPlan,
+    SyntaxFix,
+)
 
 if TYPE_CHECKING:
     from .session import Session
@@ -366,7 +374,8 @@ def _parse_lead(
 
 
 def _redefined_names(text: _Text, leads: list[Lead]) -> tuple[bytes | None, ...]:
-    """Prepared-statement names the text deallocates or redefines by SQL (None: all)."""
+    """Prepared-statement names the text deallocates or redefines by SQL (None: all of
+    them; DISCARD_ALL: all of them and every portal)."""
     names: list[bytes | None] = []
     for lead in leads:
         if lead.word in CLEAN_WORDS:
@@ -385,7 +394,7 @@ def _redefined_names(text: _Text, leads: list[Lead]) -> tuple[bytes | None, ...]
         elif kind == "PrepareStmt":
             names.append(node.name.encode(text.codec or "ascii"))
         elif kind == "DiscardStmt" and node.target == DiscardMode.DISCARD_ALL:
-            names.append(None)
+            names.append(DISCARD_ALL)
     return tuple(names)
 
 
@@ -538,11 +547,12 @@ class ExplainRun:
     """One execution of an EXPLAIN CLEAN CONNECTION: the tag becomes ``EXPLAIN``, as
     PostgreSQL's EXPLAIN sends; the query's planned failure (a 22P02 carrying
     :data:`~proxy.clean_program.EXPLAIN_ERROR_PREFIX`) becomes the error the statement
-    itself would raise; in each row the ``client_addr`` the query sends as
-    ``<pid>/<pg_stat_activity's address>`` becomes the real client where the session
-    came through the proxy (:func:`with_real_client`), read from ``peers()`` when the
-    first row arrives: the sessions of the moment the query ran, however long ago the
-    statement was prepared. Notices and every other error pass unchanged."""
+    itself would raise; in each row pg_stat_activity's ``client_addr`` becomes the real
+    client where the session came through the proxy (:func:`with_real_client`), read
+    from ``peers()`` when the first row arrives: the sessions of the moment the query
+    ran, however long ago the statement was prepared. Rows that reach the client by
+    another way (SQL ``FETCH`` from the statement's portal) keep pg_stat_activity's
+    address. Notices and every other error pass unchanged."""
 
     __slots__ = ("_known", "_peers")
     shapes_rows = True
@@ -578,40 +588,52 @@ class ExplainRun:
         return [*kept, (_FIELD_CODE, sqlstate), (_FIELD_MESSAGE, text)]
 
 
+EXPLAIN_PID_COLUMN = 0
 EXPLAIN_CLIENT_COLUMN = 4
-"""The index of ``client_addr`` among the columns of EXPLAIN CLEAN CONNECTION."""
+EXPLAIN_START_COLUMN = 6
+"""The indexes of ``pid``, ``client_addr`` and ``backend_start`` among the columns of
+EXPLAIN CLEAN CONNECTION (see :func:`proxy.clean_program.render_explain`)."""
 
-_NULL_FIELD = struct.pack("!i", -1)
+_LENGTH = struct.Struct("!i")
 
 
 def with_real_client(body: bytes, peers: Mapping[int, str]) -> bytes | None:
-    """The DataRow ``body`` of an EXPLAIN CLEAN CONNECTION row with its ``client_addr``
-    column, which the query sends as ``<pid>/<address>`` (``<address>`` empty where
-    pg_stat_activity shows none), replaced by ``peers[pid]`` if the session came through
-    the proxy, else by ``<address>`` (NULL if empty). None leaves the row as it is: a
-    NULL (a session hidden from the caller) or a row of another shape. Text and binary
-    result formats are the same bytes for a ``text`` column."""
+    """The DataRow ``body`` of an EXPLAIN CLEAN CONNECTION row with ``client_addr``
+    replaced by ``peers[pid]``, the real client of a session that came through the proxy;
+    None leaves the row as it is: a session that did not, one hidden from the caller
+    (``backend_start`` NULL, as pg_stat_activity shows it), the CHECK row, a row of
+    another shape. ``pid`` is read in the text or the binary format (a pid's digits are
+    never its four binary bytes: they would make it at least 0x30303030); a ``text``
+    column is the same bytes in both."""
     size = len(body)
-    if size < 2 or int.from_bytes(body[:2], "big") <= EXPLAIN_CLIENT_COLUMN:
+    if size < 2 or int.from_bytes(body[:2], "big") <= EXPLAIN_START_COLUMN:
         return None
+    fields: list[tuple[int, int]] = []  # (offset of the length, length) of each column
     pos = 2
-    for _ in range(EXPLAIN_CLIENT_COLUMN):
+    for _ in range(EXPLAIN_START_COLUMN + 1):
         if pos + 4 > size:
             return None
-        pos += 4 + max(int.from_bytes(body[pos : pos + 4], "big", signed=True), 0)
-    if pos + 4 > size:
+        length = _LENGTH.unpack_from(body, pos)[0]
+        if pos + 4 + max(length, 0) > size:
+            return None
+        fields.append((pos, length))
+        pos += 4 + max(length, 0)
+    at, length = fields[EXPLAIN_PID_COLUMN]
+    if length < 0 or fields[EXPLAIN_START_COLUMN][1] < 0:
         return None
-    length = int.from_bytes(body[pos : pos + 4], "big", signed=True)
-    end = pos + 4 + length
-    if length < 0 or end > size:
+    pid_bytes = body[at + 4 : at + 4 + length]
+    if pid_bytes.isdigit():
+        pid = int(pid_bytes)
+    elif length == 4:
+        pid = _LENGTH.unpack(pid_bytes)[0]
+    else:
         return None
-    pid, slash, address = body[pos + 4 : end].partition(b"/")
-    if not slash or not pid.isdigit():
+    real = peers.get(pid)
+    if real is None:
         return None
-    real = peers.get(int(pid))
-    value = real.encode("ascii", "replace") if real is not None else address
-    field = struct.pack("!i", len(value)) + value if value else _NULL_FIELD
-    return body[:pos] + field + body[end:]
+    at, length = fields[EXPLAIN_CLIENT_COLUMN]
+    value = real.encode("ascii", "replace")
+    return body[:at] + _LENGTH.pack(len(value)) + value + body[at + 4 + max(length, 0) :]
 
 
 class CleanConnectionDialect:

@@ -307,18 +307,15 @@ SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
        x.backend_start, x.action, x.reason
   FROM (
     SELECT 0 AS k, s.pid, s.usename, s.datname, s.application_name,
-           -- '<pid>/<address>', which the proxy turns into the real client address of
-           -- a session through it, else into <address> (NULL if empty), as each row
-           -- arrives. NULL for a session hidden from the caller in pg_stat_activity
-           -- (backend_start NULL): the proxy's record of it must not show either
+           -- pg_stat_activity's address: as each row arrives, the proxy puts in its
+           -- place the real client of a session that came through it. NULL for a
+           -- session hidden from the caller (backend_start NULL), which the proxy leaves.
            CASE
              WHEN s.backend_start IS NULL THEN NULL
-             ELSE pg_catalog.concat(s.pid, '/', CASE
-               WHEN s.client_addr IS NULL THEN ''
-               WHEN pg_catalog.family(s.client_addr) OPERATOR(pg_catalog.=) 6
-               THEN pg_catalog.format('[%s]:%s', pg_catalog.host(s.client_addr), s.client_port)
-               ELSE pg_catalog.format('%s:%s', pg_catalog.host(s.client_addr), s.client_port)
-             END)
+             WHEN s.client_addr IS NULL THEN NULL
+             WHEN pg_catalog.family(s.client_addr) OPERATOR(pg_catalog.=) 6
+             THEN pg_catalog.format('[%s]:%s', pg_catalog.host(s.client_addr), s.client_port)
+             ELSE pg_catalog.format('%s:%s', pg_catalog.host(s.client_addr), s.client_port)
            END AS client_addr,
            s.state, s.backend_start, s.action, s.reason
       FROM g CROSS JOIN LATERAL ({decisions}) s
@@ -436,8 +433,8 @@ def render_explain(
     ``pass`` or ``fail: ...`` with the blocking count (with a database, the DETAIL the
     statement would send; with a user only, its message and `` (N other sessions)``). It terminates nothing. A failing validation makes it fail
     with 22P02 and a sentinel message that :func:`explain_error` turns into the error the
-    statement would raise. ``client_addr`` comes as ``<pid>/<pg_stat_activity's address>``
-    for the proxy to complete as each row arrives (:func:`proxy.clean.with_real_client`).
+    statement would raise. ``client_addr`` is pg_stat_activity's; the proxy replaces it
+    with the real client as each row arrives (:func:`proxy.clean.with_real_client`).
     ``codec``, ``encoding``, ``without_force`` as for :func:`render_program`.
     """
     database, user, node = _names(statement, codec, encoding)

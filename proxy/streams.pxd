@@ -33,6 +33,7 @@ cdef class FrontendStream:
     cdef dict _statements
     cdef dict _portals
     cdef bint _tracking
+    cdef bint _unsynced
     cdef object _rewrite_word
 
     @cython.locals(

@@ -166,7 +166,8 @@ class Rewrite:
     piece as (start in the original text, its length, the replacement's length), in
     characters: error positions the server reports in the rewritten text are mapped back
     into the client's text with them. ``redefines`` names the prepared statements the text
-    deallocates or redefines by SQL (None: all of them).
+    deallocates or redefines by SQL (None: all of them; :data:`DISCARD_ALL`: all of them
+    and every portal).
     """
 
     sql: bytes | None
@@ -174,6 +175,12 @@ class Rewrite:
     syntax_fix: SyntaxFix | None = None
     spans: tuple[tuple[int, int, int], ...] = ()
     redefines: tuple[bytes | None, ...] = ()
+
+
+DISCARD_ALL = b"\0"
+"""In :attr:`Rewrite.redefines`: every prepared statement and every portal is gone
+(``DISCARD ALL``). ``DEALLOCATE ALL`` (None) leaves the portals of a transaction block
+open. No statement name can hold a NUL."""
 
 
 OutcomeListener = Callable[[ReplyShaping, "Fields | None"], None]
@@ -318,6 +325,7 @@ class FrontendStream:
         "_stream_left",
         "_syncs_since_execute",
         "_tracking",
+        "_unsynced",
     )
 
     def __init__(
@@ -348,6 +356,9 @@ class FrontendStream:
         self._executes = 0
         self._syncs_since_execute = 0
         self._executes_before_sync = 0
+        # Extended-protocol messages sent since the last Sync (Parse, Bind, Describe,
+        # Close; Execute is counted apart): a Query or FunctionCall then joins their group.
+        self._unsynced = False
         # Prepared statements / portals whose executions are shaped, and whether any exist.
         # Both start as the shared empty _NO_PLANS (an idle session holds no dict of its
         # own); the two places that insert give the stream its own dict first.
@@ -438,9 +449,15 @@ class FrontendStream:
                 if end > n:
                     break
                 if t == 0x51:  # Query: opens a response group
+                    if self._unsynced or self._executes:
+                        self._lose_attribution()
+                        might = None
+                        scan = None
                     state.groups_sent += 1
                     self._executes = 0
                     self._syncs_since_execute = 0
+                elif t != 0x45:  # Parse, Bind, Close (Execute is counted)
+                    self._unsynced = True
                 # The pre-test inline: a Query/Parse without the word costs one call
                 # (compiled, with the dialect's word: a byte loop, no call, no copy).
                 if (
@@ -477,10 +494,17 @@ class FrontendStream:
                     self._syncs_since_execute += 1
                     state.groups_sent += 1
                     self._executes = 0
+                    self._unsynced = False
                 elif t == 0x45:  # Execute
                     self._executes += 1
                     self._syncs_since_execute = 0
+                elif t == 0x42 or t == 0x44 or t == 0x43:  # Bind, Describe, Close
+                    self._unsynced = True
                 elif t == 0x46:  # FunctionCall
+                    if self._unsynced or self._executes:
+                        self._lose_attribution()
+                        might = None
+                        scan = None
                     state.groups_sent += 1
                 elif t == 0x63 or t == 0x66:  # CopyDone, CopyFail
                     self._on_copy_end()
@@ -678,16 +702,37 @@ class FrontendStream:
         assert rewrite.sql is not None
         return [message(b"P", name + b"\0" + rewrite.sql + b"\0" + data[text_end + 1 : end])]
 
+    def _lose_attribution(self) -> None:
+        """A Query or FunctionCall inside an unsynced extended-protocol sequence. PostgreSQL
+        answers it within that sequence's response group, or skips it when an earlier
+        message of the sequence failed; the client's bytes do not say which, so from here
+        on replies cannot be attributed to groups with certainty. Certain or nothing: this
+        session gets no more rewriting (CLEAN is then the server's syntax error); with
+        rewritten statements prepared or replies still to shape, whose executions could no
+        longer be shaped or audited, it ends (no client library sends this sequence)."""
+        if self._tracking or self._state.queue:
+            raise ProtocolViolation(
+                "simple Query or FunctionCall inside an unsynced extended-protocol sequence"
+                " while CLEAN CONNECTION statements are prepared or being answered"
+            )
+        self._dialect = None
+        self._might_rewrite = None
+        self._might_redefine = None
+        self._rewrite_word = None
+        self._scan = None
+        self._scan_start = 0
+
     def _forget_redefined(self, rewrite: Rewrite) -> None:
         """SQL-level DEALLOCATE / PREPARE / DISCARD ALL in the text end the tracking of
         the statement names they touch (all of them for ``None``)."""
         if not rewrite.redefines:
             return
         for name in rewrite.redefines:
-            if name is None:
+            if name is None or name == DISCARD_ALL:
                 self._statements.clear()
-                self._portals.clear()
-                break
+                if name == DISCARD_ALL:
+                    self._portals.clear()
+                continue
             self._statements.pop(name, None)
         self._tracking = bool(self._statements or self._portals)
 

@@ -160,41 +160,49 @@ def data_row(*values: bytes | None) -> bytes:
     return out
 
 
-def explain_row(client_addr: bytes | None) -> bytes:
-    ts = b"2026-12-05 08:00:00+00"
-    return data_row(b"4242", b"alice", b"sales", b"", client_addr, b"idle", ts, b"terminate", b"")
+def explain_row(
+    client_addr: bytes | None, *, pid: bytes = b"4242", start: bytes | None = b"2026-12-05"
+) -> bytes:
+    return data_row(pid, b"alice", b"sales", b"", client_addr, b"idle", start, b"skip", b"")
+
+
+REAL = {4242: "192.0.2.7:51234"}
 
 
 @pytest.mark.parametrize(
-    ("sent", "peers", "shown"),
+    ("sent", "shown"),
     [
-        (b"4242/127.0.0.1:40000", {4242: "192.0.2.7:51234"}, b"192.0.2.7:51234"),  # via proxy
-        (b"4242/127.0.0.1:40000", {17: "192.0.2.7:51234"}, b"127.0.0.1:40000"),  # direct
-        (b"4242/[::1]:40000", {}, b"[::1]:40000"),
-        (b"4242/", {}, None),  # a Unix-socket session: pg_stat_activity shows no address
-        (b"4242/", {4242: "unix"}, b"unix"),  # through the proxy from its Unix socket
+        (explain_row(b"127.0.0.1:40000"), explain_row(b"192.0.2.7:51234")),  # via the proxy
+        (explain_row(None), explain_row(b"192.0.2.7:51234")),  # the proxy's Unix socket
+        # binary results: the pid as int4, the text columns the same bytes
+        (
+            explain_row(b"[::1]:5", pid=struct.pack("!i", 4242)),
+            explain_row(b"192.0.2.7:51234", pid=struct.pack("!i", 4242)),
+        ),
     ],
 )
-def test_client_addr_is_completed_from_the_peers(
-    sent: bytes, peers: dict[int, str], shown: bytes | None
+def test_client_addr_is_the_real_client_of_a_session_through_the_proxy(
+    sent: bytes, shown: bytes
 ) -> None:
-    assert with_real_client(explain_row(sent), peers) == explain_row(shown)
+    assert with_real_client(sent, REAL) == shown
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        explain_row(None),  # hidden from the caller: stays NULL, nothing is looked up
-        explain_row(b"not a pid/1.2.3.4:5"),
-        explain_row(b"127.0.0.1:5"),
-        data_row(b"1", b"2"),  # not EXPLAIN's shape
-        explain_row(b"4242/x")[: len(data_row(b"4242", b"alice", b"sales", b"")) + 6],  # cut
+        explain_row(b"127.0.0.1:40000", pid=b"17"),  # not through the proxy
+        explain_row(None, start=None),  # hidden from the caller: stays NULL
+        explain_row(b"127.0.0.1:40000", pid=struct.pack("!i", 17)),
+        data_row(None, b"alice", b"sales", None, None, None, None, b"check", b"pass"),
+        data_row(b"4242", b"2"),  # not EXPLAIN's shape
+        explain_row(b"x")[: len(data_row(b"4242", b"alice", b"sales", b"")) + 6],  # cut
         b"",
         struct.pack("!h", 9) + struct.pack("!i", 1 << 30),  # a length past the end
+        explain_row(b"127.0.0.1:40000", pid=b"42x"),
     ],
 )
-def test_rows_of_another_shape_are_left_alone(body: bytes) -> None:
-    assert with_real_client(body, {4242: "192.0.2.7:1"}) is None
+def test_rows_of_another_kind_are_left_alone(body: bytes) -> None:
+    assert with_real_client(body, REAL) is None
 
 
 def test_an_execution_reads_the_peers_once_when_its_first_row_arrives() -> None:
@@ -207,8 +215,8 @@ def test_an_execution_reads_the_peers_once_when_its_first_row_arrives() -> None:
     plan = ExplainPlan(peers)
     run = plan.start()
     assert isinstance(run, ExplainRun) and run.shapes_rows and reads == []
-    assert run.row(explain_row(b"4242/10.0.0.1:2")) == explain_row(b"192.0.2.7:1")
-    assert run.row(explain_row(b"4242/10.0.0.1:3")) == explain_row(b"192.0.2.7:1")
+    assert run.row(explain_row(b"10.0.0.1:2")) == explain_row(b"192.0.2.7:1")
+    assert run.row(explain_row(b"10.0.0.1:3")) == explain_row(b"192.0.2.7:1")
     assert reads == [1]
-    plan.start().row(explain_row(b"4242/10.0.0.1:2"))  # a new execution: read again
+    plan.start().row(explain_row(b"10.0.0.1:2"))  # a new execution: read again
     assert reads == [1, 1]

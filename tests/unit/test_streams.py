@@ -812,14 +812,14 @@ def _explain_row(client_addr: bytes) -> bytes:
 @pytest.mark.parametrize("mode", MODES)
 def test_rows_of_a_row_shaping_execution_are_rewritten_whole(mode: str) -> None:
     """One group: a plain SELECT with a 100 kB row, then an EXPLAIN whose rows the plan
-    rewrites (pid/address → the real client) and whose tag becomes EXPLAIN."""
+    rewrites (the proxy's address → the real client) and whose tag becomes EXPLAIN."""
     plans = ReplyPlans()
     plans.groups_sent = 1
     plans.for_group(0).slots[1] = ExplainPlan(lambda: {4242: "192.0.2.7:51234"}).start()
     big = data_row(b"x" * 100_000)
     sent = (
         row_description() + big + command_complete(b"SELECT 1")
-        + row_description() + _explain_row(b"4242/127.0.0.1:9") + _explain_row(b"4242/")
+        + row_description() + _explain_row(b"127.0.0.1:9") + _explain_row(b"127.0.0.1:10")
         + command_complete(b"SELECT 2") + ready()
     )  # fmt: skip
     expected = (
