@@ -416,8 +416,11 @@ class _Reloader:
         inbox = self.launch.inbox
         assert inbox is not None
         config = inbox.latest()
-        if inbox.closed:  # the supervisor is gone (it will not be long for this worker)
+        if inbox.closed:  # the supervisor is gone: no reload, no restart; stop serving
             asyncio.get_running_loop().remove_reader(inbox.fileno())
+            log.warning("the supervisor is gone: stopping")
+            self.server.request_stop(True)
+            return
         if not isinstance(config, Config):
             return
         try:

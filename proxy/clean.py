@@ -477,7 +477,7 @@ class CleanRun:
     for the audit record (the sessions terminated and skipped, once signalled; then how
     many remain) are consumed, never forwarded."""
 
-    __slots__ = ("counts", "peers", "sent_at", "sessions", "text")
+    __slots__ = ("counts", "peers", "ran", "sent_at", "sessions", "text")
     shapes_rows = False  # a DO block returns none
 
     def __init__(self, text: str, peers: Mapping[int, str] | None = None) -> None:
@@ -488,6 +488,10 @@ class CleanRun:
         self.sent_at = time.monotonic()
         self.counts: dict[str, int] = {}
         self.sessions: list[dict[str, object]] = []  # terminated and skipped, as reported
+        # The program ran: its INFO came, or its error came from inside it (its CONTEXT).
+        # An error without (the server skipped the Execute after an earlier message of
+        # the group failed; a portal run twice; an aborted transaction) is not its own.
+        self.ran = False
 
     def row(self, body: bytes) -> bytes | None:
         return None
@@ -498,6 +502,7 @@ class CleanRun:
     def notice(self, fields: Fields) -> Fields | None:
         text = dict(fields).get(_FIELD_MESSAGE, b"")
         if text.startswith(AUDIT_MARKER):
+            self.ran = True
             self.counts.update(_parse_counts(text[len(AUDIT_MARKER) :]))
             detail = dict(fields).get(_FIELD_DETAIL)
             if detail:
@@ -506,7 +511,13 @@ class CleanRun:
         return _without_context(fields)
 
     def failed(self, fields: Fields) -> Fields:
+        if any(code == _FIELD_CONTEXT and _PROGRAM_CONTEXT in value for code, value in fields):
+            self.ran = True
         return _without_context(fields)
+
+
+_PROGRAM_CONTEXT = b"inline_code_block"
+"""In the CONTEXT of an error raised inside a DO block (the name is not translated)."""
 
 
 def _without_context(fields: Fields) -> Fields:
@@ -716,7 +727,8 @@ class CleanConnectionDialect:
         return rewrite
 
     def outcome(self, session: Session, execution: ReplyShaping, error: Fields | None) -> None:
-        if isinstance(execution, CleanRun):
+        """One record per execution of a CLEAN CONNECTION that ran (see CleanRun.ran)."""
+        if isinstance(execution, CleanRun) and (error is None or execution.ran):
             self.audit.emit(audit_record(session, execution, error))
 
 

@@ -5,11 +5,13 @@ them, restarts a worker that dies unexpectedly, and returns once all have exited
 kernel spreads new connections over the workers; a CancelRequest may reach a different
 worker than its session, which is fine: it is forwarded to the server, where the key is.
 
-SIGHUP goes to the supervisor alone. It reads and checks the settings once, and sends
-the ones it accepted to every worker through a pipe of its own (:class:`Inbox`), which
-the worker's event loop reads: a worker applies exactly what was checked (it does not
-read a file that may have changed again since), and a message sent while it is still
-starting waits in its pipe until its loop reads it (a signal would be lost then).
+SIGHUP goes to the supervisor alone. It reads and checks the settings once, writes the
+ones it accepted, numbered, to a file of its private directory (replaced atomically),
+and pokes every worker through a pipe of its own, which the worker's event loop watches
+(:class:`Inbox`). So a worker applies exactly what was checked (not a config file that
+changed again since), a poke sent while it is still starting or busy waits in its pipe,
+and however many reloads pile up it applies the latest, once. A worker whose pipe ends
+(the supervisor is gone) stops.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import contextlib
 import logging
 import os
 import pickle
-import select
+import shutil
 import signal
 import socket
+import tempfile
 from collections.abc import Callable
 
 log = logging.getLogger("pgdp.workers")
@@ -44,38 +47,38 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 class Inbox:
-    """A worker's end of its pipe from the supervisor (non-blocking): the messages the
-    supervisor sends it, each a length-prefixed pickle. Only the supervisor, its parent,
-    holds the other end."""
+    """A worker's end of its channel from the supervisor: a non-blocking pipe that the
+    supervisor writes a byte to after each accepted reload, and the file holding the
+    latest accepted settings with their number. Only the supervisor, its parent, holds
+    the pipe's other end and writes the file."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: str, seen: int) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
-        self._buffer = b""
+        self._path = path
+        self._seen = seen  # the number of the settings this worker runs with
         self.closed = False  # the supervisor is gone: nothing more will come
 
     def fileno(self) -> int:
         return self._fd
 
     def latest(self) -> object | None:
-        """The last whole message received since the previous call, or None."""
+        """The settings accepted since the ones this worker runs with, or None."""
         while not self.closed:
             try:
-                chunk = os.read(self._fd, 65536)
+                if not os.read(self._fd, 4096):
+                    self.closed = True
             except BlockingIOError:
                 break
-            if not chunk:
-                self.closed = True
-                break
-            self._buffer += chunk
-        latest = None
-        while len(self._buffer) >= 4:
-            size = int.from_bytes(self._buffer[:4], "big")
-            if len(self._buffer) < 4 + size:
-                break
-            latest = pickle.loads(self._buffer[4 : 4 + size])
-            self._buffer = self._buffer[4 + size :]
-        return latest
+        try:
+            with open(self._path, "rb") as handle:
+                number, settings = pickle.load(handle)
+        except FileNotFoundError:
+            return None
+        if number <= self._seen:
+            return None
+        self._seen = number
+        return settings
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -91,15 +94,17 @@ def supervise(
     """Run ``work(index, inbox)`` in ``count`` forked processes until a signal stops them
     all; ``on_exit(pid)`` is called for each worker process that exited. On SIGHUP,
     ``on_reload()`` runs here: what it returns (None: nothing, the settings were refused)
-    is sent to every worker's ``inbox``, and to a worker forked while it ran."""
+    reaches every worker's ``inbox``, including a worker forked while it ran."""
     children: dict[int, int] = {}  # pid → worker index
-    outboxes: dict[int, int] = {}  # pid → the write end of its pipe
+    pokes: dict[int, int] = {}  # pid → the write end of its pipe
     stopping = False
-    generation = 0  # reloads accepted so far
-    message = b""  # the last one, as sent
+    accepted = 0  # the number of the latest settings accepted
+    reloading = again = False
+    directory = tempfile.mkdtemp(prefix="pgdp-settings-")  # 0700: this user's alone
+    path = os.path.join(directory, "settings")
 
     def spawn(index: int) -> None:
-        forked_at = generation
+        forked_with = accepted
         read_end, write_end = os.pipe()
         # Blocked across the fork: the child must never run the supervisor's handler.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
@@ -112,12 +117,12 @@ def supervise(
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(write_end)
-            for fd in outboxes.values():  # its siblings' pipes
+            for fd in pokes.values():  # its siblings' pipes
                 with contextlib.suppress(OSError):
                     os.close(fd)
             code = 1
             try:
-                work(index, Inbox(read_end))
+                work(index, Inbox(read_end, path, forked_with))
                 code = 0
             except KeyboardInterrupt:
                 code = 0
@@ -128,29 +133,18 @@ def supervise(
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(read_end)
         children[pid] = index
-        outboxes[pid] = write_end
-        if generation != forked_at:  # a reload ran while it was forked: it has the old
-            send(pid)
+        pokes[pid] = write_end
+        if accepted != forked_with:  # a reload ran while it was forked: it has the old
+            poke(pid)
 
-    def send(pid: int) -> None:
-        fd = outboxes.get(pid)
-        if fd is None or not message:
+    def poke(pid: int) -> None:
+        fd = pokes.get(pid)
+        if fd is None:
             return
-        try:
-            if len(message) > select.PIPE_BUF:  # not atomic: wait for room instead
-                os.set_blocking(fd, True)
-            os.write(fd, message)
-        except BlockingIOError:
-            log.warning(
-                "worker %d (pid %d) has not read its earlier settings; not sent this time",
-                children.get(pid, -1),
-                pid,
-            )
-        except OSError:
-            pass  # it exited: started again with the new settings
-        finally:
-            with contextlib.suppress(OSError):
-                os.set_blocking(fd, False)
+        # Full: it has pokes to read already. Broken: it exited (started again with the
+        # new settings).
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(fd, b"!")
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -160,42 +154,64 @@ def supervise(
                 os.kill(pid, signum)
 
     def reload(signum: int, _frame: object) -> None:
-        nonlocal generation, message
+        # A SIGHUP during a reload (signal handlers nest) is served after it, in order.
+        nonlocal reloading, again
+        if reloading:
+            again = True
+            return
+        reloading = True
+        try:
+            again = True
+            while again:
+                again = False
+                reload_once()
+        finally:
+            reloading = False
+
+    def reload_once() -> None:
+        nonlocal accepted
         settings = on_reload() if on_reload is not None else None
         if settings is None:
             return
-        payload = pickle.dumps(settings)
-        message = len(payload).to_bytes(4, "big") + payload
-        generation += 1
+        staged = path + ".new"
+        with open(staged, "wb") as handle:
+            pickle.dump((accepted + 1, settings), handle)
+        os.replace(staged, path)
+        accepted += 1
         for pid in list(children):
-            send(pid)
+            poke(pid)
         log.info("configuration sent to %d worker(s)", len(children))
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, reload)
-    for index in range(count):
-        spawn(index)
-    status = 0
-    while children:
-        try:
-            pid, wait_status = os.wait()
-        except ChildProcessError:
-            break
-        index = children.pop(pid, None)
-        if index is None:
-            continue
-        with contextlib.suppress(OSError):
-            os.close(outboxes.pop(pid))
-        if on_exit is not None:
-            on_exit(pid)
-        code = os.waitstatus_to_exitcode(wait_status)
-        if stopping:
-            status = status or (code if code > 0 else 0)
-        else:
-            log.warning("worker %d (pid %d) exited with %s; starting it again", index, pid, code)
+    try:
+        for index in range(count):
             spawn(index)
-    for fd in outboxes.values():
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    return status
+        status = 0
+        while children:
+            try:
+                pid, wait_status = os.wait()
+            except ChildProcessError:
+                break
+            index = children.pop(pid, None)
+            if index is None:
+                continue
+            with contextlib.suppress(OSError):
+                os.close(pokes.pop(pid))
+            if on_exit is not None:
+                on_exit(pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            if stopping:
+                status = status or (code if code > 0 else 0)
+            else:
+                log.warning(
+                    "worker %d (pid %d) exited with %s; starting it again", index, pid, code
+                )
+                spawn(index)
+        return status
+    finally:
+        for fd in pokes.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,8 +1,8 @@
 """One CLEAN CONNECTION execution, one audit record, and the program's INFO lines (the
 ``pgdp:audit`` marker) consumed, never forwarded, whatever the protocol path:
 
-* a simple Query sent after an Execute without a Sync shares the Execute's response group
-  (one ReadyForQuery for both; the Execute's completion first);
+* a simple Query sent after an Execute without a Sync is answered in the Execute's group,
+  or skipped if an earlier message failed: the proxy rewrites nothing more then;
 * a portal of the CLEAN executed twice in a transaction block runs once (the second
   Execute fails with "portal cannot be run": nothing ran, nothing to audit);
 * an Execute the server skips because an earlier message of its group failed never ran.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from proxy.wire import message
-from tests.conftest import ProxyProcess, wait_until
+from tests.conftest import ProxyProcess
 from tests.e2e.victims import Victims
 from tests.rawpg import error_fields, query_message, read_until_ready, startup_packet
 
@@ -80,26 +80,57 @@ def test_clean_after_an_execute_without_sync(
     victims: Victims,
     make_db: Callable[..., str],
 ) -> None:
+    """A simple Query inside an unsynced extended-protocol sequence is answered in that
+    sequence's group, or skipped if an earlier message of it failed: the proxy cannot
+    tell which, so it rewrites nothing more in that session (certain or nothing). The
+    CLEAN is the server's syntax error: it does not run, nothing is audited or forwarded
+    of the program, and the session goes on (its next CLEAN is a syntax error too)."""
     proxy, audit = audited
     db = make_db()
-    victim = victims.open("unsynced-victim", proxy.dsn(db))
+    victims.open("unsynced-victim", proxy.dsn(db))
     statement = f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"
     session.sendall(
         parse(b"", "SELECT 1") + bind(b"", b"") + execute(b"") + query_message(statement)
     )
     answer = replies(session)
-    problems = []
-    if markers(answer):
-        problems.append(f"audit INFO forwarded: {markers(answer)}")
-    tags = [text for kind, text in answer if kind == "tag"]
-    if tags != ["SELECT 1", "CLEAN CONNECTION"]:
-        problems.append(f"tags {tags}")
-    found = wait_until(lambda: records(audit), 10, "the audit record")
-    if [(r["result"], r["terminated"]) for r in found] != [("ok", 1)]:
-        problems.append(f"records {found}")
-    if victim.pid in victims.alive_pids():
-        wait_until(lambda: victim.pid not in victims.alive_pids(), 10, "the victim to exit")
-    assert not problems, (problems, answer)
+    assert not markers(answer), answer
+    assert answer[0] == ("tag", "SELECT 1"), answer
+    assert answer[1][0] == "error" and 'at or near "CLEAN"' in answer[1][1], answer
+    session.sendall(SYNC)
+    read_until_ready(session)
+    session.sendall(query_message(statement))
+    later = replies(session)
+    assert later[0][0] == "error" and 'at or near "CLEAN"' in later[0][1], later
+    session.sendall(query_message("SELECT 1"))
+    assert replies(session) == [("tag", "SELECT 1")]
+    assert records(audit) == []
+    victims.assert_fate(set())
+
+
+def test_unsynced_query_with_a_prepared_clean_ends_the_session(
+    audited: tuple[ProxyProcess, Path],
+    session: socket.socket,
+    victims: Victims,
+    make_db: Callable[..., str],
+) -> None:
+    """With a CLEAN statement prepared, whose later executions the proxy could no longer
+    shape or audit, the same sequence ends the session (08P01) before the Query runs."""
+    proxy, audit = audited
+    db = make_db()
+    victims.open("prepared-victim", proxy.dsn(db))
+    statement = f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"
+    session.sendall(parse(b"c", statement) + SYNC)
+    read_until_ready(session)
+    session.sendall(parse(b"", "SELECT 1") + bind(b"", b"") + query_message("SELECT 2"))
+    fatal = b""
+    while True:
+        data = session.recv(65536)
+        if not data:
+            break
+        fatal += data
+    assert b"08P01" in fatal and b"unsynced extended-protocol sequence" in fatal
+    assert records(audit) == []
+    victims.assert_fate(set())
 
 
 def test_a_portal_executed_twice_runs_and_is_audited_once(
