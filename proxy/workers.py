@@ -174,9 +174,13 @@ def supervise(
         if settings is None:
             return
         staged = path + ".new"
-        with open(staged, "wb") as handle:
-            pickle.dump((accepted + 1, settings), handle)
-        os.replace(staged, path)
+        try:
+            with open(staged, "wb") as handle:
+                pickle.dump((accepted + 1, settings), handle)
+            os.replace(staged, path)
+        except OSError as exc:  # never out of the signal handler
+            log.error("reload not sent to the workers: %s", exc.strerror or exc)
+            return
         accepted += 1
         for pid in list(children):
             poke(pid)
