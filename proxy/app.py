@@ -418,6 +418,7 @@ class _Reloader:
         config = inbox.latest()
         if inbox.closed:  # the supervisor is gone: no reload, no restart; stop serving
             asyncio.get_running_loop().remove_reader(inbox.fileno())
+            inbox.abandon()
             log.warning("the supervisor is gone: stopping")
             self.server.request_stop(True)
             return

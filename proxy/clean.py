@@ -10,8 +10,7 @@ the server runs in the caller's own session with the caller's privileges (semant
 README.md, "CLEAN CONNECTION"). The proxy then shapes that statement's replies
 (:mod:`proxy.streams`): tag ``CLEAN CONNECTION``, no PL/pgSQL CONTEXT, and the final
 ``INFO`` line with the counts is consumed for the audit record, never forwarded
-(:class:`CleanPlan`); tag ``EXPLAIN``, the statement's own errors and the real client
-addresses in its rows (:class:`ExplainPlan`).
+(:class:`CleanPlan`); tag ``EXPLAIN`` and the statement's own errors (:class:`ExplainPlan`).
 
 Certain or nothing: whatever the scan or the decoding cannot judge exactly is forwarded
 unchanged, and the server rejects the unknown statement as a syntax error.
@@ -24,7 +23,6 @@ grammar's (``SyntaxFix``).
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
@@ -168,9 +166,9 @@ def rewrite_text(
     sessions to exit; ``check_seconds`` how long CHECK waits for other sessions to leave;
     ``without_force`` what a statement without FORCE terminates (``idle`` or ``none``).
     ``EXPLAIN CLEAN CONNECTION ...`` statements become the query of
-    :func:`~proxy.clean_program.render_explain`. ``peers()`` gives the real client
-    addresses of the sessions through the proxy (backend pid → ``host:port``): read by
-    each execution (the audit of a CLEAN, the rows of an EXPLAIN), never at rewrite time.
+    :func:`~proxy.clean_program.render_explain`, with the client addresses ``peers()``
+    gives at this moment (the real clients of the sessions through the proxy, backend
+    pid → ``host:port``; a CLEAN reads them again when it is sent, for its audit).
     """
     if scan.uncertain:
         fix = _uncertain_fix(buf, start, end, scan, encoding, settled)
@@ -419,18 +417,25 @@ def _rewrite_valid(
     planned: list[tuple[int, StatementPlan]] = []
     spans: list[tuple[int, int, int]] = []
     cursor = text.start
+    peers: Mapping[int, str] | None = None
     for statement in statements:
         assert statement.clean is not None
         original = text.decode(statement.body_start, statement.body_end)
         plan: StatementPlan
         if statement.explain:
+            # In the query itself, computed there under PostgreSQL's visibility rules:
+            # rows that reach the client by any path (SQL FETCH from its portal too) are
+            # right, and no row of another statement is ever completed by the proxy.
+            if peers is None:
+                peers = options.peers() if options.peers is not None else {}
             sql = render_explain(
                 statement.clean,
                 codec=text.codec or "ascii",
                 encoding=text.encoding,
                 without_force=options.without_force,
+                peers=peers,
             )
-            plan = ExplainPlan(options.peers)
+            plan = EXPLAIN_PLAN
         else:
             sql = render_program(
                 statement.clean,
@@ -478,7 +483,6 @@ class CleanRun:
     many remain) are consumed, never forwarded."""
 
     __slots__ = ("counts", "peers", "ran", "sent_at", "sessions", "text")
-    shapes_rows = False  # a DO block returns none
 
     def __init__(self, text: str, peers: Mapping[int, str] | None = None) -> None:
         self.text = text
@@ -492,9 +496,6 @@ class CleanRun:
         # An error without (the server skipped the Execute after an earlier message of
         # the group failed; a portal run twice; an aborted transaction) is not its own.
         self.ran = False
-
-    def row(self, body: bytes) -> bytes | None:
-        return None
 
     def completed(self, tag: bytes) -> bytes:
         return CLEAN_CONNECTION_TAG
@@ -542,40 +543,16 @@ _INVALID_TEXT = b"22P02"
 
 
 class ExplainPlan:
-    """A rewritten EXPLAIN CLEAN CONNECTION; ``peers()`` gives the real clients of the
-    sessions through the proxy (backend pid → ``host:port``)."""
-
-    __slots__ = ("peers",)
-
-    def __init__(self, peers: Callable[[], Mapping[int, str]] | None = None) -> None:
-        self.peers = peers
-
-    def start(self) -> ExplainRun:
-        return ExplainRun(self.peers)
-
-
-class ExplainRun:
-    """One execution of an EXPLAIN CLEAN CONNECTION: the tag becomes ``EXPLAIN``, as
-    PostgreSQL's EXPLAIN sends; the query's planned failure (a 22P02 carrying
+    """The reply shaping of a rewritten EXPLAIN CLEAN CONNECTION (stateless: one instance
+    serves every execution): the tag becomes ``EXPLAIN``, as PostgreSQL's EXPLAIN sends,
+    and the query's planned failure (a 22P02 carrying
     :data:`~proxy.clean_program.EXPLAIN_ERROR_PREFIX`) becomes the error the statement
-    itself would raise; in each row pg_stat_activity's ``client_addr`` becomes the real
-    client where the session came through the proxy (:func:`with_real_client`), read
-    from ``peers()`` when the first row arrives: the sessions of the moment the query
-    ran, however long ago the statement was prepared. Rows that reach the client by
-    another way (SQL ``FETCH`` from the statement's portal) keep pg_stat_activity's
-    address. Notices and every other error pass unchanged."""
+    itself would raise. Rows, notices and every other error pass unchanged."""
 
-    __slots__ = ("_known", "_peers")
-    shapes_rows = True
+    __slots__ = ()
 
-    def __init__(self, peers: Callable[[], Mapping[int, str]] | None) -> None:
-        self._peers = peers
-        self._known: Mapping[int, str] | None = None
-
-    def row(self, body: bytes) -> bytes | None:
-        if self._known is None:
-            self._known = self._peers() if self._peers is not None else {}
-        return with_real_client(body, self._known)
+    def start(self) -> ExplainPlan:
+        return self
 
     def completed(self, tag: bytes) -> bytes:
         return EXPLAIN_TAG
@@ -599,52 +576,7 @@ class ExplainRun:
         return [*kept, (_FIELD_CODE, sqlstate), (_FIELD_MESSAGE, text)]
 
 
-EXPLAIN_PID_COLUMN = 0
-EXPLAIN_CLIENT_COLUMN = 4
-EXPLAIN_START_COLUMN = 6
-"""The indexes of ``pid``, ``client_addr`` and ``backend_start`` among the columns of
-EXPLAIN CLEAN CONNECTION (see :func:`proxy.clean_program.render_explain`)."""
-
-_LENGTH = struct.Struct("!i")
-
-
-def with_real_client(body: bytes, peers: Mapping[int, str]) -> bytes | None:
-    """The DataRow ``body`` of an EXPLAIN CLEAN CONNECTION row with ``client_addr``
-    replaced by ``peers[pid]``, the real client of a session that came through the proxy;
-    None leaves the row as it is: a session that did not, one hidden from the caller
-    (``backend_start`` NULL, as pg_stat_activity shows it), the CHECK row, a row of
-    another shape. ``pid`` is read in the text or the binary format (a pid's digits are
-    never its four binary bytes: they would make it at least 0x30303030); a ``text``
-    column is the same bytes in both."""
-    size = len(body)
-    if size < 2 or int.from_bytes(body[:2], "big") <= EXPLAIN_START_COLUMN:
-        return None
-    fields: list[tuple[int, int]] = []  # (offset of the length, length) of each column
-    pos = 2
-    for _ in range(EXPLAIN_START_COLUMN + 1):
-        if pos + 4 > size:
-            return None
-        length = _LENGTH.unpack_from(body, pos)[0]
-        if pos + 4 + max(length, 0) > size:
-            return None
-        fields.append((pos, length))
-        pos += 4 + max(length, 0)
-    at, length = fields[EXPLAIN_PID_COLUMN]
-    if length < 0 or fields[EXPLAIN_START_COLUMN][1] < 0:
-        return None
-    pid_bytes = body[at + 4 : at + 4 + length]
-    if pid_bytes.isdigit():
-        pid = int(pid_bytes)
-    elif length == 4:
-        pid = _LENGTH.unpack(pid_bytes)[0]
-    else:
-        return None
-    real = peers.get(pid)
-    if real is None:
-        return None
-    at, length = fields[EXPLAIN_CLIENT_COLUMN]
-    value = real.encode("ascii", "replace")
-    return body[:at] + _LENGTH.pack(len(value)) + value + body[at + 4 + max(length, 0) :]
+EXPLAIN_PLAN = ExplainPlan()
 
 
 class CleanConnectionDialect:

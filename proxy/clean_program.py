@@ -18,6 +18,7 @@ arrived, so no quote or backslash from the client ever reaches the program, what
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from grammar import CleanConnection
 
@@ -302,16 +303,16 @@ _EXPLAIN = """WITH g AS MATERIALIZED (
       pg_catalog.concat('{prefix}', v.errcode, ':', v.message, '{suffix}') AS pg_catalog.int4)
     END AS raised
     FROM ({validation}) v
-)
+), peer (pid, addr) AS ({peers})
 SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
        x.backend_start, x.action, x.reason
   FROM (
     SELECT 0 AS k, s.pid, s.usename, s.datname, s.application_name,
-           -- pg_stat_activity's address: as each row arrives, the proxy puts in its
-           -- place the real client of a session that came through it. NULL for a
-           -- session hidden from the caller (backend_start NULL), which the proxy leaves.
            CASE
+             -- a session hidden from the caller in pg_stat_activity (backend_start NULL):
+             -- the proxy's record of its real client must not show it either
              WHEN s.backend_start IS NULL THEN NULL
+             WHEN peer.addr IS NOT NULL THEN peer.addr
              WHEN s.client_addr IS NULL THEN NULL
              WHEN pg_catalog.family(s.client_addr) OPERATOR(pg_catalog.=) 6
              THEN pg_catalog.format('[%s]:%s', pg_catalog.host(s.client_addr), s.client_port)
@@ -319,6 +320,7 @@ SELECT x.pid, x.usename, x.datname, x.application_name, x.client_addr, x.state,
            END AS client_addr,
            s.state, s.backend_start, s.action, s.reason
       FROM g CROSS JOIN LATERAL ({decisions}) s
+      LEFT JOIN peer ON peer.pid OPERATOR(pg_catalog.=) s.pid
      WHERE g.raised IS NULL
     UNION ALL
     SELECT 1, NULL, pg_catalog.name(g.usr), pg_catalog.name(g.db), NULL, NULL, NULL, NULL,
@@ -423,6 +425,7 @@ def render_explain(
     codec: str,
     encoding: str,
     without_force: str = "idle",
+    peers: Mapping[int, str] | None = None,
 ) -> str:
     """The SELECT implementing ``EXPLAIN statement`` (ASCII only, no client text inside).
 
@@ -433,8 +436,8 @@ def render_explain(
     ``pass`` or ``fail: ...`` with the blocking count (with a database, the DETAIL the
     statement would send; with a user only, its message and `` (N other sessions)``). It terminates nothing. A failing validation makes it fail
     with 22P02 and a sentinel message that :func:`explain_error` turns into the error the
-    statement would raise. ``client_addr`` is pg_stat_activity's; the proxy replaces it
-    with the real client as each row arrives (:func:`proxy.clean.with_real_client`).
+    statement would raise. ``peers`` maps backend pids to the real client addresses
+    (``host:port``) of sessions through the proxy; they replace pg_stat_activity's.
     ``codec``, ``encoding``, ``without_force`` as for :func:`render_program`.
     """
     database, user, node = _names(statement, codec, encoding)
@@ -443,6 +446,7 @@ def render_explain(
         prefix=EXPLAIN_ERROR_PREFIX.decode(),
         suffix=EXPLAIN_ERROR_SUFFIX.decode(),
         validation=_fill(_VALIDATION, db=database, user=user, node=node),
+        peers=_peer_rows(peers or {}, codec, encoding),
         decisions=_fill(
             _DECISIONS,
             super="g.super",
@@ -457,6 +461,17 @@ def render_explain(
         check_message=_fill(_CHECK_MESSAGE, **variables),
         check_detail=_fill(_CHECK_DETAIL, sessions="n.sessions", prepared="n.prepared"),
     )
+
+
+def _peer_rows(peers: Mapping[int, str], codec: str, encoding: str) -> str:
+    """A VALUES list (pid, address) of ``peers``, or an empty query of the same shape."""
+    rows = [
+        f"({int(pid)}, {_text_literal(address, codec, encoding)})"
+        for pid, address in sorted(peers.items())
+    ]
+    if not rows:
+        return "SELECT CAST(NULL AS pg_catalog.int4), CAST(NULL AS pg_catalog.text) WHERE false"
+    return "VALUES " + ", ".join(rows)
 
 
 def explain_error(message: bytes) -> tuple[bytes, bytes] | None:

@@ -76,7 +76,6 @@ _PORTAL_SUSPENDED = 0x73  # s
 _READY_FOR_QUERY = 0x5A  # Z
 _ERROR = 0x45  # E
 _NOTICE = 0x4E  # N
-_DATA_ROW = 0x44  # D
 _PARAMETER_STATUS = 0x53  # S
 _AUTHENTICATION = 0x52  # R
 _BACKEND_KEY_DATA = 0x4B  # K
@@ -123,16 +122,9 @@ class ReplyShaping(Protocol):
     """One execution of a rewritten statement: how its replies reach the client.
 
     Built by the dialect's :class:`StatementPlan` for each execution. The stream calls it
-    for the execution's own CommandComplete, NoticeResponse and ErrorResponse, and for its
-    DataRows when ``shapes_rows``; it knows nothing of what the replies say.
+    for the execution's own CommandComplete, NoticeResponse and ErrorResponse only; it
+    knows nothing of what the replies say.
     """
-
-    shapes_rows: bool
-    """True: each DataRow of the execution is held whole and passed to :meth:`row`."""
-
-    def row(self, body: bytes) -> bytes | None:
-        """The DataRow body to send in place of ``body``; None sends ``body``."""
-        ...
 
     def completed(self, tag: bytes) -> bytes:
         """The command tag to send in place of the server's ``tag`` (both without NUL)."""
@@ -929,19 +921,6 @@ class BackendStream:
                         out.append(data[run_start:pos])
                     out.append(shaped)
                     run_start = end
-            elif plan is not None and t == _DATA_ROW:
-                # Only the rows of an execution that shapes them are held whole: the rows
-                # of the other statements of the group stream through.
-                shaping = plan.slots.get(self._completions)
-                if shaping is not None and shaping.shapes_rows:
-                    if end > n:
-                        break
-                    body = shaping.row(data[pos + 5 : end])
-                    if body is not None:
-                        if pos > run_start:
-                            out.append(data[run_start:pos])
-                        out.append(message(b"D", body))
-                        run_start = end
             kind = _BACKEND_KIND[t]
             if kind == 1:
                 self._completions += 1

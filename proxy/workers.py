@@ -84,6 +84,11 @@ class Inbox:
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
+    def abandon(self) -> None:
+        """The supervisor is gone (killed: it cleaned up nothing): remove its settings
+        directory, which no process needs any more (every worker tries; one succeeds)."""
+        shutil.rmtree(os.path.dirname(self._path), ignore_errors=True)
+
 
 def supervise(
     count: int,

@@ -386,44 +386,6 @@ def test_asyncpg_describe_and_errors(
     victims.assert_fate(set())
 
 
-def test_prepared_explain_names_the_clients_of_the_moment_it_runs(
-    pg: PgServer, eproxy: ProxyProcess, victims: Victims, make_db: Callable[..., str]
-) -> None:
-    """A statement prepared before a session came through the proxy still shows that
-    session's real client when it runs (asyncpg keeps its statements prepared; so do
-    JDBC and psycopg's prepare=True), in text and in binary results."""
-    db = make_db()
-    statement = f"EXPLAIN CLEAN CONNECTION TO ALL FOR DATABASE {db}"
-
-    async def scenario() -> None:
-        conn = await asyncpg.connect(
-            host=eproxy.host, port=eproxy.port, user=pg.user, database="postgres", ssl=False
-        )
-        try:
-            stmt = await conn.prepare(statement)
-            assert await stmt.fetch() == []
-            late = victims.open("late", eproxy.dsn(db))  # after the Parse
-            direct = victims.open("direct", pg.dsn(db))
-            for rows in (await stmt.fetch(), await conn.fetch(statement)):
-                assert {r["pid"]: r["client_addr"] for r in rows} == {
-                    late.pid: local_address(late),
-                    direct.pid: local_address(direct),
-                }
-        finally:
-            await conn.close()
-
-    asyncio.run(scenario())
-    with eproxy.connect() as conn:
-        late = victims.all["late"]
-        for binary in (False, True):
-            with conn.cursor(binary=binary) as cur:
-                for _ in range(2):
-                    cur.execute(statement, prepare=True)
-                    rows = {row[0]: row[4] for row in cur.fetchall()}
-                    assert rows[late.pid] == local_address(late)
-    victims.assert_fate(set())
-
-
 @pytest.mark.skipif(PSQL is None, reason="psql is not installed")
 def test_psql(pg: PgServer, eproxy: ProxyProcess, victims: Victims, make_db) -> None:
     db = make_db()

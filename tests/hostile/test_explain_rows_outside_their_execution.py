@@ -1,7 +1,7 @@
-"""EXPLAIN CLEAN CONNECTION rows: the query sends pg_stat_activity's ``client_addr`` and
-the proxy puts the real client in its place in each DataRow of that execution. Every
-protocol path by which those rows (or a neighbour's) reach the client must agree on which
-rows belong to the execution:
+"""EXPLAIN CLEAN CONNECTION rows: the query itself carries the real client addresses of
+the sessions through the proxy (under PostgreSQL's visibility rules). Every protocol path
+by which those rows (or a neighbour's) reach the client must keep them right and agree on
+which replies belong to the execution:
 
 * a portal bound to the rewritten statement can be read by SQL ``FETCH`` (protocol-level
   named portals and cursors share one namespace);

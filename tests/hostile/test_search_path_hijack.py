@@ -523,6 +523,7 @@ _STATEMENTS = [
 _KEYWORDS = {"AND", "OR", "NOT", "WHERE", "WHEN", "THEN", "ELSE", "IF", "IN", "ANY", "OPERATOR"}
 # ... and in the queries: subqueries, COALESCE, CAST (to a pg_catalog type).
 _KEYWORDS |= {"SELECT", "FROM", "JOIN", "LATERAL", "COALESCE", "CAST", "AS", "MATERIALIZED"}
+_KEYWORDS |= {"VALUES", "PEER"}  # EXPLAIN: the client addresses, a CTE "peer (pid, addr)"
 
 
 def _program(statement: str) -> str:
@@ -540,6 +541,7 @@ def _explain(statement: str) -> str:
         parse_clean_connection(statement),
         codec="utf-8",
         encoding="UTF8",
+        peers={4242: "192.0.2.1:5"},
     )
 
 

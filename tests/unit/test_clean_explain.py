@@ -3,18 +3,9 @@ rewritten, from where, the syntax fix at CLEAN, and the shaping of its replies."
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
-from proxy.clean import (
-    CleanConnectionDialect,
-    CleanPlan,
-    ExplainPlan,
-    ExplainRun,
-    rewrite_text,
-    with_real_client,
-)
+from proxy.clean import CleanConnectionDialect, CleanPlan, ExplainPlan, rewrite_text
 from proxy.clean_program import explain_error
 from proxy.streams import Rewrite, SessionState
 
@@ -150,73 +141,3 @@ def test_the_first_clean_token_is_where_the_server_fails_in_an_unfinished_text()
     assert result.syntax_fix.server_position == b"9"
     assert result.syntax_fix.message == b'unterminated quoted identifier at or near ""x"'
     assert result.syntax_fix.position == str(text.rindex(b'"x') + 1).encode()
-
-
-def data_row(*values: bytes | None) -> bytes:
-    """A DataRow body: the column count, then each column's length (-1: NULL) and bytes."""
-    out = struct.pack("!h", len(values))
-    for value in values:
-        out += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
-    return out
-
-
-def explain_row(
-    client_addr: bytes | None, *, pid: bytes = b"4242", start: bytes | None = b"2026-12-05"
-) -> bytes:
-    return data_row(pid, b"alice", b"sales", b"", client_addr, b"idle", start, b"skip", b"")
-
-
-REAL = {4242: "192.0.2.7:51234"}
-
-
-@pytest.mark.parametrize(
-    ("sent", "shown"),
-    [
-        (explain_row(b"127.0.0.1:40000"), explain_row(b"192.0.2.7:51234")),  # via the proxy
-        (explain_row(None), explain_row(b"192.0.2.7:51234")),  # the proxy's Unix socket
-        # binary results: the pid as int4, the text columns the same bytes
-        (
-            explain_row(b"[::1]:5", pid=struct.pack("!i", 4242)),
-            explain_row(b"192.0.2.7:51234", pid=struct.pack("!i", 4242)),
-        ),
-    ],
-)
-def test_client_addr_is_the_real_client_of_a_session_through_the_proxy(
-    sent: bytes, shown: bytes
-) -> None:
-    assert with_real_client(sent, REAL) == shown
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        explain_row(b"127.0.0.1:40000", pid=b"17"),  # not through the proxy
-        explain_row(None, start=None),  # hidden from the caller: stays NULL
-        explain_row(b"127.0.0.1:40000", pid=struct.pack("!i", 17)),
-        data_row(None, b"alice", b"sales", None, None, None, None, b"check", b"pass"),
-        data_row(b"4242", b"2"),  # not EXPLAIN's shape
-        explain_row(b"x")[: len(data_row(b"4242", b"alice", b"sales", b"")) + 6],  # cut
-        b"",
-        struct.pack("!h", 9) + struct.pack("!i", 1 << 30),  # a length past the end
-        explain_row(b"127.0.0.1:40000", pid=b"42x"),
-    ],
-)
-def test_rows_of_another_kind_are_left_alone(body: bytes) -> None:
-    assert with_real_client(body, REAL) is None
-
-
-def test_an_execution_reads_the_peers_once_when_its_first_row_arrives() -> None:
-    reads: list[int] = []
-
-    def peers() -> dict[int, str]:
-        reads.append(1)
-        return {4242: "192.0.2.7:1"}
-
-    plan = ExplainPlan(peers)
-    run = plan.start()
-    assert isinstance(run, ExplainRun) and run.shapes_rows and reads == []
-    assert run.row(explain_row(b"10.0.0.1:2")) == explain_row(b"192.0.2.7:1")
-    assert run.row(explain_row(b"10.0.0.1:3")) == explain_row(b"192.0.2.7:1")
-    assert reads == [1]
-    plan.start().row(explain_row(b"10.0.0.1:2"))  # a new execution: read again
-    assert reads == [1, 1]

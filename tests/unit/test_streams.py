@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from proxy.clean import CleanPlan, ExplainPlan
+from proxy.clean import CleanPlan
 from proxy.streams import (
     BackendStream,
     FrontendStream,
@@ -796,50 +796,3 @@ def test_sasl_without_plus_passes_unchanged() -> None:
     stream = BackendStream(ReplyPlans())
     stream.strip_scram_plus = True
     assert feed(stream, [traffic]) == traffic
-
-
-# --- rows shaped by an execution (EXPLAIN CLEAN CONNECTION's client_addr) ------------
-
-
-def _explain_row(client_addr: bytes) -> bytes:
-    values = [b"4242", b"alice", b"db", b"app", client_addr, b"idle", b"ts", b"skip", b"caller"]
-    body = struct.pack("!h", len(values))
-    for value in values:
-        body += struct.pack("!i", len(value)) + value
-    return message(b"D", body)
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_rows_of_a_row_shaping_execution_are_rewritten_whole(mode: str) -> None:
-    """One group: a plain SELECT with a 100 kB row, then an EXPLAIN whose rows the plan
-    rewrites (the proxy's address → the real client) and whose tag becomes EXPLAIN."""
-    plans = ReplyPlans()
-    plans.groups_sent = 1
-    plans.for_group(0).slots[1] = ExplainPlan(lambda: {4242: "192.0.2.7:51234"}).start()
-    big = data_row(b"x" * 100_000)
-    sent = (
-        row_description() + big + command_complete(b"SELECT 1")
-        + row_description() + _explain_row(b"127.0.0.1:9") + _explain_row(b"127.0.0.1:10")
-        + command_complete(b"SELECT 2") + ready()
-    )  # fmt: skip
-    expected = (
-        row_description() + big + command_complete(b"SELECT 1")
-        + row_description() + _explain_row(b"192.0.2.7:51234") * 2
-        + command_complete(b"EXPLAIN") + ready()
-    )  # fmt: skip
-    backend = BackendStream(plans)
-    feed(backend, [STARTUP_REPLY])
-    assert feed(backend, split_modes(sent, 3)[mode]) == expected
-    assert not plans.queue
-
-
-def test_rows_of_other_executions_in_a_shaped_group_stream_through() -> None:
-    """A row that is not the shaping execution's is forwarded as it arrives, not held."""
-    plans = ReplyPlans()
-    plans.groups_sent = 1
-    plans.for_group(0).slots[1] = ExplainPlan(lambda: {}).start()
-    backend = BackendStream(plans)
-    feed(backend, [STARTUP_REPLY])
-    big = data_row(b"x" * 100_000)
-    assert feed(backend, [big[:50_000]]) == big[:50_000]
-    assert feed(backend, [big[50_000:]]) == big[50_000:]
