@@ -56,6 +56,7 @@ from .wire import (
 
 SYNC = b"S\x00\x00\x00\x04"
 TERMINATE = b"X\x00\x00\x00\x04"
+FLUSH = b"H\x00\x00\x00\x04"
 
 PG_MAX_AUTH_TOKEN_LENGTH = 65535
 """The largest message PostgreSQL accepts while authenticating (password, SASL, GSS)."""
@@ -367,20 +368,28 @@ class FrontendStream:
         return not self._stream_left
 
     def awaits_shaped_answer(self) -> bool:
-        """True while a shaped execution sent in a closed group (Query, Sync) is unanswered."""
+        """True while a shaped execution that was sent is unanswered: in a group a Query or
+        Sync closed, or by an Execute not yet followed by a Sync (the server runs an
+        Execute when it reads it)."""
         state = self._state
-        return any(plan.slots and plan.group < state.groups_sent for plan in state.queue)
+        return any(plan.slots and plan.group <= state.groups_sent for plan in state.queue)
 
     def client_gone(self) -> bytes | None:
-        """The client left. If the server was sent whole messages only: the Sync and
-        Terminate to send in its place, so that the server answers everything it was sent
-        (the Sync ends an extended-protocol group, and the error state in which the server
-        skips every message until a Sync), then ends the session and closes; else None.
-        Held bytes the server never saw are dropped."""
+        """The client left. If the server was sent whole messages only: the messages to
+        send in its place so that the server answers everything it was sent, then ends
+        the session and closes (a Sync and a Terminate: the Sync ends an extended-protocol
+        group, and the error state in which the server skips every message until a Sync;
+        after an unsynced batch a Flush and a Terminate); else None. Held bytes the server
+        never saw are dropped."""
         if self._stream_left:
             return None
         self._pending = None
         self._scan = None
+        if self._unsynced or self._executes:
+            # A batch the client never synced: a Flush has the server send what it
+            # answered, and the Terminate ends the session as the client's leaving would
+            # (its implicit transaction rolled back, not committed by an invented Sync).
+            return FLUSH + TERMINATE
         self._state.groups_sent += 1
         self._executes = 0
         self._syncs_since_execute += 1
@@ -492,6 +501,14 @@ class FrontendStream:
                     self._syncs_since_execute = 0
                 elif t == 0x42 or t == 0x44 or t == 0x43:  # Bind, Describe, Close
                     self._unsynced = True
+                elif t == 0x58 and self._executes and self.awaits_shaped_answer():
+                    # Terminate right after a rewritten statement's Execute, no Sync: the
+                    # server would exit without sending its answer, and the audit record
+                    # with it. A Flush first has it sent (nothing is committed).
+                    if pos > run_start:
+                        out.append(data[run_start:pos])
+                    out.append(FLUSH)
+                    run_start = pos
                 elif t == 0x46:  # FunctionCall
                     if self._unsynced or self._executes:
                         self._lose_attribution()
