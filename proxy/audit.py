@@ -42,13 +42,13 @@ class AuditRecord:
     db: str
     app: str
     statement: str
-    result: str  # "ok" or "error"
+    result: str  # "ok", "error", or "unknown" (sent to the server, replies unattributable)
     duration: float  # seconds
     terminated: int = 0
     skipped: int = 0
     remaining: int = 0
     sqlstate: str = ""
-    error: str = ""  # the error message, when the result is "error"
+    error: str = ""  # the error message, when the result is "error" (or why "unknown")
     sessions: list[dict[str, object]] = field(default_factory=list)
     time: str = ""
 
@@ -63,7 +63,7 @@ class AuditRecord:
                 f"remaining={self.remaining}"
             )
         else:
-            outcome = f"result=error sqlstate={value(self.sqlstate)} message={self.error!r}"
+            outcome = f"result={self.result} sqlstate={value(self.sqlstate)} message={self.error!r}"
             if self.terminated or self.skipped:  # signalled before it failed
                 outcome += f" terminated={self.terminated} skipped={self.skipped}"
         sessions = json.dumps(self.sessions, ensure_ascii=True, separators=(",", ":"))

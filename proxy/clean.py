@@ -54,6 +54,7 @@ from .clean_program import (
     render_program,
 )
 from .streams import (
+    ATTRIBUTION_LOST,
     DISCARD_ALL,
     Fields,
     ReplyShaping,
@@ -659,8 +660,11 @@ class CleanConnectionDialect:
         return rewrite
 
     def outcome(self, session: Session, execution: ReplyShaping, error: Fields | None) -> None:
-        """One record per execution of a CLEAN CONNECTION that ran (see CleanRun.ran)."""
-        if isinstance(execution, CleanRun) and (error is None or execution.ran):
+        """One record per execution of a CLEAN CONNECTION that ran (see CleanRun.ran), or
+        that was sent and whose outcome cannot be known (:data:`ATTRIBUTION_LOST`)."""
+        if isinstance(execution, CleanRun) and (
+            error is None or execution.ran or error == ATTRIBUTION_LOST
+        ):
             self.audit.emit(audit_record(session, execution, error))
 
 
@@ -673,7 +677,7 @@ def audit_record(session: Session, run: CleanRun, error: Fields | None) -> Audit
         db=session.database,
         app=session.application_name,
         statement=run.text,
-        result="ok" if error is None else "error",
+        result="ok" if error is None else "unknown" if error == ATTRIBUTION_LOST else "error",
         duration=round(time.monotonic() - run.sent_at, 6),
         sessions=run.sessions,
     )

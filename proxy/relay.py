@@ -27,7 +27,7 @@ from .logfmt import value
 from .runtime import Runtime
 from .session import Session
 from .startup import ClientStartup
-from .wire import ProtocolViolation, error_response
+from .wire import AttributionLost, ProtocolViolation, error_response
 
 log = logging.getLogger("pgdp.session")
 
@@ -303,6 +303,12 @@ class ClientProtocol(asyncio.Protocol):
         detail = getattr(exc, "detail", None)
         self.end(error_response(exc.sqlstate, str(exc), severity="FATAL", detail=detail))
 
+    def attribution_lost(self, exc: ProtocolViolation) -> None:
+        """The server's answers can no longer be attributed while rewritten statements
+        of this session await theirs (see :class:`proxy.streams.AttributionLost`): end
+        the session as for a protocol violation of the client's."""
+        self._protocol_violation(exc)
+
     def internal_error(self, exc: Exception, side: str) -> None:
         """Last resort for a bug met while handling bytes from ``side`` ("client" or
         "server"): one log line, this connection closed, no traceback, no reply (what
@@ -368,6 +374,9 @@ class ServerProtocol(asyncio.Protocol):
         self.bytes_in += len(data)
         try:
             chunks = self._feed(data)  # type: ignore[misc]
+        except AttributionLost as exc:  # the session's fault, not the server's
+            self._client.attribution_lost(exc)
+            return
         except ProtocolViolation as exc:
             client = self._client
             log.error(

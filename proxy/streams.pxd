@@ -14,6 +14,9 @@ cdef class SessionState:
     cdef public bint standard_conforming_strings
     cdef public Py_ssize_t groups_sent
     cdef public Py_ssize_t answering_group
+    cdef public Py_ssize_t last_query_group
+    cdef public object copy_guesses
+    cdef public bint attribution_lost
 
 
 cdef class FrontendStream:
@@ -34,6 +37,7 @@ cdef class FrontendStream:
     cdef dict _portals
     cdef bint _tracking
     cdef bint _unsynced
+    cdef bint _after_query_copy
     cdef object _rewrite_word
 
     @cython.locals(
@@ -48,6 +52,8 @@ cdef class BackendStream:
     cdef SessionState _state
     cdef object _on_outcome
     cdef Py_ssize_t _completions
+    cdef Py_ssize_t _copy_group
+    cdef Py_ssize_t _copy_at
     cdef Py_ssize_t _skip
     cdef bytearray _carry
     cdef Py_ssize_t _carry_need

@@ -45,6 +45,7 @@ except ModuleNotFoundError:  # interpreted, and Cython is not installed
 
 
 from .wire import (
+    AttributionLost,
     ProtocolViolation,
     build_fields,
     command_complete,
@@ -63,6 +64,14 @@ PG_MAX_AUTH_TOKEN_LENGTH = 65535
 
 _unpack_int32 = struct.Struct("!I").unpack_from
 
+_QUERY_IN_BATCH = "simple Query or FunctionCall inside an unsynced extended-protocol sequence"
+"""PostgreSQL answers such a message within that sequence's response group, or skips it
+when an earlier message of the sequence failed; the client's bytes do not say which."""
+
+_NO_COPY_CANDIDATE = -(1 << 40)
+"""``FrontendStream._syncs_since_execute`` after a CopyDone/CopyFail: no Execute or Query
+since that could have begun a COPY IN (Syncs still count up from it)."""
+
 # Frontend message types (client → server) that need more than a header; the hot loop in
 # FrontendStream.feed spells the others (Sync, FunctionCall, CopyDone/Fail) as literals.
 _QUERY = 0x51  # Q
@@ -80,13 +89,15 @@ _NOTICE = 0x4E  # N
 _PARAMETER_STATUS = 0x53  # S
 _AUTHENTICATION = 0x52  # R
 _BACKEND_KEY_DATA = 0x4B  # K
+_COPY_IN_RESPONSE = 0x47  # G
 _AUTH_SASL = 10
 _SCRAM_PLUS = b"SCRAM-SHA-256-PLUS"
 
 
 # Per-type class of backend messages, looked up by type byte: one index, one truth test for
 # the common DataRow. 1 = completion, 2 = ReadyForQuery, 3 = ParameterStatus,
-# 4 = Authentication, 5 = BackendKeyData (both only ever seen during startup).
+# 4 = Authentication, 5 = BackendKeyData (both only ever seen during startup),
+# 6 = CopyInResponse, 7 = ErrorResponse (which may end a COPY IN).
 _BACKEND_KIND = bytearray(256)
 for _t in (_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED):
     _BACKEND_KIND[_t] = 1
@@ -94,6 +105,8 @@ _BACKEND_KIND[_READY_FOR_QUERY] = 2
 _BACKEND_KIND[_PARAMETER_STATUS] = 3
 _BACKEND_KIND[_AUTHENTICATION] = 4
 _BACKEND_KIND[_BACKEND_KEY_DATA] = 5
+_BACKEND_KIND[_COPY_IN_RESPONSE] = 6
+_BACKEND_KIND[_ERROR] = 7
 _BACKEND_KIND = bytes(_BACKEND_KIND)
 
 _FIELD_CODE = ord("C")
@@ -177,8 +190,15 @@ open. No statement name can hold a NUL."""
 
 
 OutcomeListener = Callable[[ReplyShaping, "Fields | None"], None]
-"""Told the outcome of each shaped execution: None once it completed, or the ErrorResponse
-fields the client was sent when it failed."""
+"""Told the outcome of each shaped execution: None once it completed, the ErrorResponse
+fields the client was sent when it failed, or :data:`ATTRIBUTION_LOST`."""
+
+ATTRIBUTION_LOST: Fields = [
+    (ord("C"), b"08P01"),
+    (ord("M"), b"outcome unknown: the server's replies could no longer be attributed"),
+]
+"""The outcome of an execution that was sent to the server and whose replies could no
+longer be told from others' (see :class:`AttributionLost`): it may have run."""
 
 
 @dataclass(slots=True)
@@ -208,11 +228,14 @@ class SessionState:
 
     __slots__ = (
         "answering_group",
+        "attribution_lost",
         "auth_request",
         "authenticated",
         "backend_pid",
         "client_encoding",
+        "copy_guesses",
         "groups_sent",
+        "last_query_group",
         "queue",
         "ready",
         "standard_conforming_strings",
@@ -231,6 +254,13 @@ class SessionState:
         # answering_group from -1 to 0.
         self.groups_sent = 0
         self.answering_group = -1
+        # COPY IN (see FrontendStream._on_copy_end and BackendStream._copy_*): the group of
+        # the last Query sent, the Syncs the frontend took for ignored by a COPY, as
+        # (group, index of the COPY's Execute or -1 for a Query), until the server's
+        # answer confirms them; and whether replies can no longer be attributed.
+        self.last_query_group = -1
+        self.copy_guesses: list[tuple[int, int]] | None = None
+        self.attribution_lost = False
 
     def for_group(self, group: int) -> ReplyPlan:
         if self.queue and self.queue[-1].group == group:
@@ -301,6 +331,7 @@ class FrontendStream:
     """
 
     __slots__ = (
+        "_after_query_copy",
         "_dialect",
         "_executes",
         "_executes_before_sync",
@@ -349,6 +380,9 @@ class FrontendStream:
         self._executes = 0
         self._syncs_since_execute = 0
         self._executes_before_sync = 0
+        self._after_query_copy = (
+            False  # the last COPY candidate was a Query (its string may hold more)
+        )
         # Extended-protocol messages sent since the last Sync (Parse, Bind, Describe,
         # Close; Execute is counted apart): a Query or FunctionCall then joins their group.
         self._unsynced = False
@@ -407,6 +441,8 @@ class FrontendStream:
         state = self._state
         if not state.ready:
             return self._feed_login(data)
+        if state.attribution_lost and self._dialect is not None:
+            self._lose_attribution("the server's answer to a COPY left its replies unattributable")
         out: list[bytes] = []
         left = self._stream_left
         if left:
@@ -451,9 +487,10 @@ class FrontendStream:
                     break
                 if t == 0x51:  # Query: opens a response group
                     if self._unsynced or self._executes:
-                        self._lose_attribution()
+                        self._lose_attribution(_QUERY_IN_BATCH)
                         might = None
                         scan = None
+                    state.last_query_group = state.groups_sent
                     state.groups_sent += 1
                     self._executes = 0
                     self._syncs_since_execute = 0
@@ -511,7 +548,7 @@ class FrontendStream:
                     run_start = pos
                 elif t == 0x46:  # FunctionCall
                     if self._unsynced or self._executes:
-                        self._lose_attribution()
+                        self._lose_attribution(_QUERY_IN_BATCH)
                         might = None
                         scan = None
                     state.groups_sent += 1
@@ -576,15 +613,37 @@ class FrontendStream:
     # --- accounting ------------------------------------------------------------------
 
     def _on_copy_end(self) -> None:
-        # The server ignores Sync (and Flush) while in COPY IN mode; libpq sends one right
-        # after an Execute it did not know was a COPY. Those Syncs open no group.
+        """A CopyDone or CopyFail. The server ignores Sync (and Flush) in COPY IN, and libpq
+        sends one right after an Execute it did not know was a COPY: when this message
+        ends a COPY IN begun by the last Execute or Query, the Syncs sent since opened no
+        group. That is a guess until the server answers (a CopyDone or CopyFail outside
+        COPY is ignored, and a COPY that fails stops reading anywhere): it is filed in
+        ``copy_guesses`` for the backend to confirm, which gives up attribution if not.
+        """
         void = self._syncs_since_execute
-        if void:
-            state = self._state
-            state.groups_sent -= void
-            state.shift(state.groups_sent + void, void)
-            self._executes = self._executes_before_sync
-            self._syncs_since_execute = 0
+        self._syncs_since_execute = _NO_COPY_CANDIDATE
+        if void <= 0:
+            if void == 0:
+                self._after_query_copy = self._executes == 0
+            elif void > _NO_COPY_CANDIDATE and self._after_query_copy:
+                # Syncs since an earlier CopyDone, no Execute or Query since: void only if
+                # a later statement of the same Query string began another COPY.
+                self._lose_attribution("Sync between two COPYs of one query string")
+            return
+        state = self._state
+        executes = self._executes_before_sync
+        self._after_query_copy = executes == 0
+        group = state.groups_sent - void  # the group of the COPY's Execute
+        if not executes:
+            group -= 1  # none before the Syncs: the COPY, if any, was the Query before them
+        if group < state.answering_group:
+            return  # answered already, so no COPY of it reads this: the Syncs were answered
+        state.groups_sent -= void
+        state.shift(state.groups_sent + void, void)
+        self._executes = executes
+        if state.copy_guesses is None:
+            state.copy_guesses = []
+        state.copy_guesses.append((group, executes - 1))
 
     # --- scanning a Query / Parse text that spans reads ---------------------------------
 
@@ -711,18 +770,19 @@ class FrontendStream:
         assert rewrite.sql is not None
         return [message(b"P", name + b"\0" + rewrite.sql + b"\0" + data[text_end + 1 : end])]
 
-    def _lose_attribution(self) -> None:
-        """A Query or FunctionCall inside an unsynced extended-protocol sequence. PostgreSQL
-        answers it within that sequence's response group, or skips it when an earlier
-        message of the sequence failed; the client's bytes do not say which, so from here
-        on replies cannot be attributed to groups with certainty. Certain or nothing: this
-        session gets no more rewriting (CLEAN is then the server's syntax error); with
-        rewritten statements prepared or replies still to shape, whose executions could no
-        longer be shaped or audited, it ends (no client library sends this sequence)."""
-        if self._tracking or self._state.queue:
+    def _lose_attribution(self, reason: str) -> None:
+        """From here on replies cannot be attributed to groups with certainty (``reason``:
+        see :data:`_QUERY_IN_BATCH`, :meth:`_on_copy_end`, :class:`BackendStream`).
+        Certain or nothing: this session gets no more rewriting (CLEAN is then the
+        server's syntax error); with rewritten statements prepared or replies still to
+        shape, whose executions could no longer be shaped or audited, it ends (no client
+        library sends these sequences)."""
+        state = self._state
+        state.attribution_lost = True
+        state.copy_guesses = None
+        if self._tracking or state.queue:
             raise ProtocolViolation(
-                "simple Query or FunctionCall inside an unsynced extended-protocol sequence"
-                " while CLEAN CONNECTION statements are prepared or being answered"
+                f"{reason} while CLEAN CONNECTION statements are prepared or being answered"
             )
         self._dialect = None
         self._might_rewrite = None
@@ -790,6 +850,8 @@ class BackendStream:
         "_carry",
         "_carry_need",
         "_completions",
+        "_copy_at",
+        "_copy_group",
         "_on_outcome",
         "_skip",
         "_state",
@@ -800,6 +862,10 @@ class BackendStream:
         self._state = state
         self._on_outcome = on_outcome
         self._completions = 0
+        # The COPY IN under way: the group it is in (-1: none) and the completions that
+        # group had when it began (the index of its Execute).
+        self._copy_group = -1
+        self._copy_at = 0
         self._skip = 0  # bytes of the current message body still to pass through
         # A partial header, or a message held whole for shaping, and the length it must
         # reach: accumulated in place, so a 100 MB message held back costs linear time.
@@ -862,10 +928,19 @@ class BackendStream:
             if kind:
                 if kind == 1:
                     completions += 1
+                    if self._copy_group >= 0:
+                        self._copy_ended(True)
                 elif kind == 2:
+                    if self._copy_group >= 0 or state.copy_guesses:
+                        self._copy_check_ready()
                     state.answering_group += 1
                     state.ready = True
                     completions = 0
+                elif kind >= 6:
+                    if kind == 6:
+                        self._copy_started(completions)
+                    elif self._copy_group >= 0:
+                        self._copy_ended(False)
                 elif pos + 1 + length <= n:  # ParameterStatus, Authentication: whole
                     self._session_message(kind, data, pos + 5, pos + 1 + length)
                 else:
@@ -880,6 +955,80 @@ class BackendStream:
             self._hold(data, pos, n)
             return [data[:pos]] if pos else []
         return [data]
+
+    # --- COPY IN: confirming the frontend's guesses -------------------------------------
+
+    def _copy_started(self, completions: int, first: int = 0) -> None:
+        """A CopyInResponse: the server reads CopyData until a CopyDone or CopyFail (or an
+        error), and ignores the Syncs it reads meanwhile."""
+        if self._copy_group >= 0:
+            self._lose("CopyInResponse during COPY IN", first)
+            return
+        self._copy_group = self._state.answering_group
+        self._copy_at = completions
+
+    def _copy_ended(self, completed: bool, first: int = 0, current_told: bool = False) -> None:
+        """The COPY IN under way ended: with its CommandComplete (``completed``: the server
+        read everything up to the first CopyDone sent after the COPY began, so the Syncs
+        between opened no group, as the frontend guessed when it saw that CopyDone), or
+        with an ErrorResponse (it stopped reading anywhere: certain only if the client
+        sent no Sync, Query or FunctionCall after the COPY's own message)."""
+        state = self._state
+        group = self._copy_group
+        self._copy_group = -1
+        guesses = state.copy_guesses
+        if guesses and guesses[0][0] == group:
+            guessed_at = guesses[0][1]
+            if completed and (guessed_at < 0 or guessed_at == self._copy_at):
+                guesses.pop(0)
+                return
+            self._lose("COPY IN that ended otherwise than guessed", first, current_told)
+            return
+        if completed:
+            return  # no guess: no Sync was sent between the COPY's message and its CopyDone
+        if guesses or not (
+            state.groups_sent == group
+            or (state.groups_sent == group + 1 and state.last_query_group == group)
+        ):
+            self._lose("COPY IN that failed after more messages were sent", first, current_told)
+
+    def _copy_check_ready(self, first: int = 0) -> None:
+        """A ReadyForQuery ends the group being answered: a COPY IN still under way, or a
+        guess that a COPY of this group (or an earlier one) ignored Syncs and that no COPY
+        confirmed, means the groups are not what the frontend counted."""
+        state = self._state
+        guesses = state.copy_guesses
+        if self._copy_group >= 0:
+            self._lose("ReadyForQuery during COPY IN", first)
+        elif guesses and guesses[0][0] <= state.answering_group:
+            self._lose("CopyDone or CopyFail outside COPY IN after a Sync", first)
+
+    def _lose(self, reason: str, first: int, current_told: bool = False) -> None:
+        """Replies can no longer be attributed to groups. The frontend rewrites nothing
+        more (it reads ``attribution_lost``). Executions still planned are told their
+        outcome is unknown (their statements were sent, and may run) and the session
+        ends (:class:`AttributionLost`); ``first`` restores what the client was sent of
+        the message this read continues, so that no reply lands inside it;
+        ``current_told``: the execution at the current completion was told its outcome
+        (the ErrorResponse just shaped)."""
+        state = self._state
+        state.attribution_lost = True
+        state.copy_guesses = None
+        self._copy_group = -1
+        if not state.queue:
+            return
+        told = self._completions + current_told
+        for plan in state.queue:
+            for index, shaping in plan.slots.items():
+                done = plan.group < state.answering_group or (
+                    plan.group == state.answering_group and index < told
+                )
+                if not done and self._on_outcome is not None:
+                    self._on_outcome(shaping, ATTRIBUTION_LOST)
+        state.queue.clear()
+        self._skip = first
+        self._carry = None
+        raise AttributionLost(reason)
 
     def _hold(self, data: bytes, pos: int, n: int) -> None:
         self._carry = bytearray(data[pos:])
@@ -908,6 +1057,7 @@ class BackendStream:
             state.standard_conforming_strings = value == b"on"
 
     def _walk_shaping(self, data: bytes, pos: int) -> list[bytes]:
+        first = pos  # where this read starts in the message the client was last sent
         out: list[bytes] = []
         n = len(data)
         run_start = 0
@@ -941,11 +1091,20 @@ class BackendStream:
             kind = _BACKEND_KIND[t]
             if kind == 1:
                 self._completions += 1
+                if self._copy_group >= 0:
+                    self._copy_ended(True, first)
+            elif kind >= 6:
+                if kind == 6:
+                    self._copy_started(self._completions, first)
+                elif self._copy_group >= 0:  # its error, shaped above if it was planned
+                    self._copy_ended(False, first, current_told=True)
             elif kind >= 3:
                 if end > n:
                     break
                 self._session_message(kind, data, pos + 5, end)
             elif kind == 2:
+                if self._copy_group >= 0 or state.copy_guesses:
+                    self._copy_check_ready(first)
                 state.answering_group += 1
                 state.ready = True
                 self._completions = 0

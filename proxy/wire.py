@@ -39,6 +39,18 @@ class ProtocolViolation(Exception):
     sqlstate = "08P01"
 
 
+class AttributionLost(ProtocolViolation):
+    """The server's answers no longer match the groups the client's messages were
+    counted into, while rewritten statements were still to be answered: the session
+    ends (their outcomes were reported as :data:`proxy.streams.ATTRIBUTION_LOST`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"replies cannot be attributed any more ({reason}) while rewritten"
+            " statements are being answered"
+        )
+
+
 class StartupKind(Enum):
     SSL_REQUEST = "ssl"
     GSSENC_REQUEST = "gssenc"

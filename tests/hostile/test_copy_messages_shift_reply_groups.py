@@ -1,14 +1,15 @@
-"""COPY messages and reply attribution: the frontend subtracts the Syncs it saw since the
-last Execute when a CopyDone or CopyFail arrives (the server ignores a Sync during COPY
-IN), and knows nothing of a Query the server reads as the bad message of a COPY IN.
+"""COPY messages and reply attribution: the server ignores a Sync it reads in COPY IN,
+so which Syncs open a response group depends on where the server was when it read them.
+The frontend guesses from the client's CopyDone/CopyFail; the backend confirms each guess
+from the server's CopyInResponse and the COPY's end, or gives attribution up. Certain or
+nothing: a CLEAN CONNECTION is either shaped and audited as itself, or passed to the
+server unrewritten (its syntax error, nothing runs), or, when it was already sent, recorded
+with an unknown outcome and the session ended; never unshaped, unaudited or misattributed.
 
-* A CopyDone or CopyFail outside COPY is ignored by the server (the protocol allows it),
-  but a Sync answered just before it is still subtracted: the proxy's groups fall one
-  behind the server's, so every later CLEAN is filed for a group already answered.
-* A Sync the server ignores in COPY IN opens no group, but the frontend only knows so when
-  a CopyDone or CopyFail follows; a COPY that fails on its data needs neither, so the
-  proxy's groups run one ahead of the server's: the CLEAN's replies go unshaped and
-  unaudited, and the next statement's are shaped and audited as the CLEAN's.
+* A CopyDone or CopyFail outside COPY is ignored by the server (the protocol allows it).
+  After a Sync the server answered already, it is known to be ignored.
+* A Sync the server may or may not have read in COPY IN (a COPY that fails on its data
+  stops reading anywhere) leaves the groups uncertain.
 """
 
 from __future__ import annotations
@@ -55,15 +56,6 @@ def records(audit: Path) -> list[dict]:
     return [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
 
 
-# Known and not fixed yet: the frontend guesses which Syncs the server ignored during
-# COPY IN from the client's own messages (CopyDone/CopyFail), and these sequences defeat
-# the guess. The fix is to learn COPY IN from the server's CopyInResponse. Strict: these
-# fail as long as the guess stands, and tell when it no longer does.
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="reply attribution around COPY is guessed from the client's messages"
-)
-
-
 @pytest.fixture
 def audited(start_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[ProxyProcess, Path]:
     audit = tmp_path / "audit.jsonl"
@@ -104,7 +96,7 @@ def test_copy_end_outside_copy_after_a_sync_keeps_clean_shaped_and_audited(
     assert [(r["result"], r["terminated"]) for r in found] == [("ok", 1)], found
 
 
-def test_sync_ignored_in_copy_in_then_a_data_error_keeps_groups(
+def test_sync_ignored_in_copy_in_then_a_data_error_runs_no_clean(
     audited: tuple[ProxyProcess, Path],
     session: socket.socket,
     victims: Victims,
@@ -113,8 +105,9 @@ def test_sync_ignored_in_copy_in_then_a_data_error_keeps_groups(
     """Simple-Query COPY FROM STDIN; the client sends a Sync (the server ignores it in
     COPY IN) and bad CopyData: the COPY fails (22P02) and the server answers with one
     ReadyForQuery, and the client sends no CopyDone (the protocol needs none after the
-    error). The Sync opened no group; a CLEAN sent next is the CLEAN (shaped, audited
-    once), and the statement after it is itself (not tagged CLEAN, not audited)."""
+    error). Whether the server read the Sync before it failed is not in the bytes, so the
+    proxy rewrites nothing more in this session: the CLEAN is the server's syntax error,
+    its victim lives, nothing is audited, and the statement after it is itself."""
     proxy, audit = audited
     db = make_db()
     victims.open("copy-sync-victim", proxy.dsn(db))
@@ -130,12 +123,65 @@ def test_sync_ignored_in_copy_in_then_a_data_error_keeps_groups(
     answer = replies(session)
     session.sendall(query_message("SELECT 1"))
     after = replies(session)
-    victims.assert_fate({"copy-sync-victim"})
-    assert not leaks(answer), answer
-    assert ("tag", "CLEAN CONNECTION") in answer, answer
+    assert answer == [("error", 'syntax error at or near "CLEAN"')], answer
     assert after == [("tag", "SELECT 1")], after
+    victims.assert_fate(set())
+    assert records(audit) == []
+
+
+def test_copy_done_refuted_by_the_server_runs_no_clean(
+    audited: tuple[ProxyProcess, Path],
+    session: socket.socket,
+    victims: Victims,
+    make_db: Callable[..., str],
+) -> None:
+    """A Query, a Sync and a CopyDone in one write: when the proxy reads the CopyDone the
+    Sync is unanswered, so it may have been read in a COPY of that Query; the server's
+    answer (no CopyInResponse) shows it was not, and the guess is given up with
+    attribution: the CLEAN sent next is the server's syntax error, nothing runs."""
+    proxy, audit = audited
+    db = make_db()
+    victims.open("copy-refuted-victim", proxy.dsn(db))
+    session.sendall(query_message("SELECT 1") + SYNC + COPY_DONE)
+    assert replies(session) == [("tag", "SELECT 1")]
+    read_until_ready(session)  # the Sync's own ReadyForQuery
+    session.sendall(query_message(f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"))
+    answer = replies(session)
+    assert answer == [("error", 'syntax error at or near "CLEAN"')], answer
+    session.sendall(query_message("SELECT 2"))
+    assert replies(session) == [("tag", "SELECT 1")]
+    victims.assert_fate(set())
+    assert records(audit) == []
+
+
+def test_clean_sent_behind_an_uncertain_copy_is_audited_as_unknown(
+    audited: tuple[ProxyProcess, Path],
+    session: socket.socket,
+    victims: Victims,
+    make_db: Callable[..., str],
+) -> None:
+    """The Sync, the bad data and a CLEAN in one write: the CLEAN was rewritten and sent
+    before the COPY failed, and the server runs it, but its replies can no longer be told
+    from others'. The proxy records it with an unknown outcome and ends the session with
+    08P01 (it cannot shape what follows)."""
+    proxy, audit = audited
+    db = make_db()
+    victims.open("copy-unknown-victim", proxy.dsn(db))
+    session.sendall(query_message("CREATE TEMP TABLE t (a int)"))
+    read_until_ready(session)
+    session.sendall(query_message("COPY t FROM STDIN"))
+    kind, _ = _read_one(session)
+    assert kind == b"G"
+    statement = f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"
+    session.sendall(SYNC + message(b"d", b"not a number\n") + query_message(statement))
+    fatal = b""
+    while chunk := session.recv(65536):
+        fatal += chunk
+    assert b"SFATAL" in fatal and b"C08P01" in fatal and b"attributed" in fatal, fatal
     found = records(audit)
-    assert [(r["result"], r["terminated"]) for r in found] == [("ok", 1)], found
+    assert [(r["result"], r["statement"], r["sqlstate"]) for r in found] == [
+        ("unknown", statement, "08P01")
+    ], found
 
 
 def _read_one(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -164,3 +210,49 @@ def test_copy_done_outside_copy_keeps_explain_errors_shaped(
             codes.append((fields.get("C"), fields.get("M", "")))
     assert len(codes) == 1 and codes[0][0] == "3D000", codes
     assert "pgdp:" not in codes[0][1], codes
+
+
+@pytest.mark.parametrize("data", [b"1\n2\n", b"not a number\n"], ids=["ok", "bad-data"])
+def test_libpq_extended_protocol_copy_then_clean(
+    audited: tuple[ProxyProcess, Path],
+    victims: Victims,
+    make_db: Callable[..., str],
+    data: bytes,
+) -> None:
+    """libpq's COPY through the extended protocol (PQsendQueryParams) sends a Sync right
+    after the Execute, which the server reads in COPY IN and ignores. After a COPY that
+    succeeded the proxy knows it (the CLEAN that follows is shaped and audited); after one
+    that failed on its data it cannot know whether the server read that Sync first, so
+    the CLEAN is the server's syntax error and nothing runs (certain or nothing)."""
+    import psycopg
+    from psycopg import pq
+
+    proxy, audit = audited
+    db = make_db()
+    victims.open("libpq-copy-victim", proxy.dsn(db))
+    with psycopg.connect(proxy.dsn("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE t (a int)")
+        pgconn = conn.pgconn
+        pgconn.send_query_params(b"COPY t FROM STDIN", None)
+        result = pgconn.get_result()
+        assert result is not None and result.status == pq.ExecStatus.COPY_IN
+        pgconn.put_copy_data(data)
+        pgconn.put_copy_end()
+        statuses = []
+        while (result := pgconn.get_result()) is not None:
+            statuses.append(result.status)
+        statement = f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"
+        if data == b"1\n2\n":
+            assert statuses == [pq.ExecStatus.COMMAND_OK]
+            cursor = conn.execute(statement)
+            assert cursor.statusmessage == "CLEAN CONNECTION"
+            victims.assert_fate({"libpq-copy-victim"})
+            found = records(audit)
+            assert [(r["result"], r["terminated"]) for r in found] == [("ok", 1)], found
+        else:
+            assert statuses == [pq.ExecStatus.FATAL_ERROR]
+            with pytest.raises(psycopg.errors.SyntaxError):
+                conn.execute(statement)
+            assert conn.execute("SELECT 7").fetchone() == (7,)
+            victims.assert_fate(set())
+            assert records(audit) == []
