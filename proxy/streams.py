@@ -554,6 +554,9 @@ class FrontendStream:
                     state.groups_sent += 1
                 elif t == 0x63 or t == 0x66:  # CopyDone, CopyFail
                     self._on_copy_end()
+                    if self._dialect is None:  # it gave attribution up
+                        might = None
+                        scan = None
                 if end > n:
                     self._stream_left = end - n
                     pos = n

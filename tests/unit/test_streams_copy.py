@@ -258,3 +258,12 @@ def test_copy_in_response_twice_gives_attribution_up() -> None:
     session.client(query(b"copy t from stdin"))
     session.server(COPY_IN, COPY_IN)
     assert session.state.attribution_lost
+
+
+def test_clean_in_the_same_read_after_attribution_is_given_up_passes_through() -> None:
+    """Found by the isolation fuzz: the read that gives attribution up holds a CLEAN."""
+    session = Session()
+    session.client(COPY_DONE, SYNC)
+    out = session.client(COPY_DONE, parse(b"", CLEAN_TEXT))
+    assert out == COPY_DONE + parse(b"", CLEAN_TEXT)
+    assert session.state.attribution_lost and not session.state.queue
