@@ -1,7 +1,9 @@
 """``--workers N``: N processes accepting on one port (SO_REUSEPORT), and their supervisor.
 
 The parent forks the workers before any event loop exists, forwards SIGTERM/SIGINT to
-them, restarts a worker that dies unexpectedly, and returns once all have exited. The
+them, restarts a worker that dies unexpectedly (at once, but after a growing pause when it
+keeps dying soon after its start: :class:`RestartPolicy`), and returns once all have
+exited. The
 kernel spreads new connections over the workers; a CancelRequest may reach a different
 worker than its session, which is fine: it is forwarded to the server, where the key is.
 
@@ -24,9 +26,36 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("pgdp.workers")
+
+
+class RestartPolicy:
+    """How long to wait before starting a worker again that exited unexpectedly.
+
+    A worker that ran at least ``healthy`` seconds is started again at once. One that
+    died sooner (a crash at start-up, a bad certificate, a file-descriptor limit) counts
+    one more quick failure in a row, and waits ``first`` seconds doubled per earlier
+    quick failure, at most ``longest``: a crash loop costs the machine a fork every few
+    seconds, not a core."""
+
+    def __init__(self, first: float = 0.1, longest: float = 10.0, healthy: float = 30.0) -> None:
+        self.first, self.longest, self.healthy = first, longest, healthy
+        self._quick_failures: dict[int, int] = {}
+
+    def pause(self, index: int, lived: float) -> float:
+        """Seconds to wait before starting worker ``index`` again, after it ran ``lived``
+        seconds."""
+        if lived >= self.healthy:
+            self._quick_failures.pop(index, None)
+            return 0.0
+        failures = self._quick_failures.get(index, 0)
+        self._quick_failures[index] = failures + 1
+        if failures == 0:
+            return 0.0
+        return min(self.longest, self.first * 2 ** (failures - 1))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -101,6 +130,8 @@ def supervise(
     ``on_reload()`` runs here: what it returns (None: nothing, the settings were refused)
     reaches every worker's ``inbox``, including a worker forked while it ran."""
     children: dict[int, int] = {}  # pid → worker index
+    started: dict[int, float] = {}  # pid → when it was forked (monotonic)
+    restarts = RestartPolicy()
     pokes: dict[int, int] = {}  # pid → the write end of its pipe
     stopping = False
     accepted = 0  # the number of the latest settings accepted
@@ -138,6 +169,7 @@ def supervise(
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(read_end)
         children[pid] = index
+        started[pid] = time.monotonic()
         pokes[pid] = write_end
         if accepted != forked_with:  # a reload ran while it was forked: it has the old
             poke(pid)
@@ -214,10 +246,20 @@ def supervise(
             if stopping:
                 status = status or (code if code > 0 else 0)
             else:
+                pause = restarts.pause(index, time.monotonic() - started.pop(pid, 0.0))
                 log.warning(
-                    "worker %d (pid %d) exited with %s; starting it again", index, pid, code
+                    "worker %d (pid %d) exited with %s; starting it again%s",
+                    index,
+                    pid,
+                    code,
+                    f" in {pause:.1f} s" if pause else "",
                 )
-                spawn(index)
+                deadline = time.monotonic() + pause
+                while not stopping and time.monotonic() < deadline:  # SIGTERM cuts it short
+                    time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                if not stopping:
+                    spawn(index)
+            started.pop(pid, None)
         return status
     finally:
         for fd in pokes.values():
