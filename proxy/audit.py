@@ -44,6 +44,7 @@ class AuditRecord:
     statement: str
     result: str  # "ok", "error", or "unknown" (sent to the server, replies unattributable)
     duration: float  # seconds
+    role: str = ""  # the role it ran as (current_user: differs from user after SET ROLE)
     terminated: int = 0
     skipped: int = 0
     remaining: int = 0
@@ -70,10 +71,23 @@ class AuditRecord:
         return (
             f"clean_connection conn={self.conn} client={value(self.client)} "
             f"user={value(self.user) if self.user else '-'} "
+            f"role={value(self.role) if self.role else '-'} "
             f"db={value(self.db) if self.db else '-'} app={value(self.app) if self.app else '-'} "
             f"statement={self.statement!r} {outcome} duration={self.duration:.3f}s "
             f"sessions={value(sessions)}"
         )
+
+
+def decode_caller(detail: bytes) -> dict[str, str]:
+    """The role and application_name the server-side program ran with (base64 of UTF-8
+    JSON); {} when the detail is malformed."""
+    try:
+        data = json.loads(base64.b64decode(detail).decode("utf-8", "replace"))
+    except (binascii.Error, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: value for key, value in data.items() if isinstance(value, str)}
 
 
 def decode_sessions(detail: bytes) -> list[dict[str, object]]:

@@ -43,7 +43,7 @@ from grammar.outline import (
     needs_mask,
 )
 
-from .audit import AuditRecord, AuditTrail, decode_sessions
+from .audit import AuditRecord, AuditTrail, decode_caller, decode_sessions
 from .clean_program import (
     AUDIT_MARKER,
     DEFAULT_CHECK_SECONDS,
@@ -483,7 +483,7 @@ class CleanRun:
     for the audit record (the sessions terminated and skipped, once signalled; then how
     many remain) are consumed, never forwarded."""
 
-    __slots__ = ("counts", "peers", "ran", "sent_at", "sessions", "text")
+    __slots__ = ("caller", "counts", "peers", "ran", "sent_at", "sessions", "text")
 
     def __init__(self, text: str, peers: Mapping[int, str] | None = None) -> None:
         self.text = text
@@ -493,6 +493,7 @@ class CleanRun:
         self.sent_at = time.monotonic()
         self.counts: dict[str, int] = {}
         self.sessions: list[dict[str, object]] = []  # terminated and skipped, as reported
+        self.caller: dict[str, str] = {}  # the role and application_name it ran with
         # The program ran: its INFO came, or its error came from inside it (its CONTEXT).
         # An error without (the server skipped the Execute after an earlier message of
         # the group failed; a portal run twice; an aborted transaction) is not its own.
@@ -505,8 +506,11 @@ class CleanRun:
         text = dict(fields).get(_FIELD_MESSAGE, b"")
         if text.startswith(AUDIT_MARKER):
             self.ran = True
-            self.counts.update(_parse_counts(text[len(AUDIT_MARKER) :]))
             detail = dict(fields).get(_FIELD_DETAIL)
+            if text == _CALLER:
+                self.caller = decode_caller(detail or b"")
+                return None
+            self.counts.update(_parse_counts(text[len(AUDIT_MARKER) :]))
             if detail:
                 self.sessions = decode_sessions(detail)
             return None
@@ -517,6 +521,9 @@ class CleanRun:
             self.ran = True
         return _without_context(fields)
 
+
+_CALLER = AUDIT_MARKER + b"caller"
+"""The program's first INFO: the role and application_name it runs with."""
 
 _PROGRAM_CONTEXT = b"inline_code_block"
 """In the CONTEXT of an error raised inside a DO block (the name is not translated)."""
@@ -675,7 +682,8 @@ def audit_record(session: Session, run: CleanRun, error: Fields | None) -> Audit
         client=session.client_address,
         user=session.user,
         db=session.database,
-        app=session.application_name,
+        app=run.caller.get("application_name", session.application_name),
+        role=run.caller.get("role", ""),
         statement=run.text,
         result="ok" if error is None else "unknown" if error == ATTRIBUTION_LOST else "error",
         duration=round(time.monotonic() - run.sent_at, 6),

@@ -183,6 +183,10 @@ DECLARE
   v_report pg_catalog.json[] := '{{}}';
   r pg_catalog.record;
 BEGIN
+  -- Who runs it, as it runs (after SET ROLE or SET application_name): for the audit record.
+  RAISE INFO USING MESSAGE = '{marker}caller', DETAIL = pg_catalog.encode(pg_catalog.convert_to(
+    pg_catalog.format('%s', pg_catalog.json_build_object('role', current_user,
+      'application_name', pg_catalog.current_setting('application_name'))), 'UTF8'), 'base64');
   SELECT v.super, v.dbid, v.roleid, v.errcode, v.message
     INTO v_super, v_dbid, v_roleid, v_errcode, v_message
     FROM ({validation}) v;

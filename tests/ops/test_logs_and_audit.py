@@ -144,6 +144,38 @@ def test_audit_record_in_text_format(start_proxy, pg: PgServer, make_db, victims
     assert entry["pid"] == victim.pid and entry["outcome"] == "terminated"
 
 
+def test_audit_names_the_role_and_application_the_clean_ran_with(
+    start_proxy, pg: PgServer, make_db, make_role, victims: Victims, tmp_path: Path
+) -> None:
+    """SET ROLE and SET application_name after login: the record's ``role`` and ``app``
+    are what the statement ran with, ``user`` the login role (also in the text line)."""
+    audit_file = tmp_path / "audit.jsonl"
+    proxy = start_proxy("--audit-log", str(audit_file))
+    db = make_db()
+    operator = make_role("audit_operator", "createdb")
+    with pg.connect() as admin:
+        admin.execute(f"alter database {db} owner to audit_operator")
+    victims.open("v", pg.dsn(db, user=operator, password="pw"))
+    with proxy.connect(application_name="at-login") as conn:
+        conn.execute("SET ROLE audit_operator")
+        conn.execute("SET application_name = 'runbook \"42\"'")
+        conn.execute(f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}")
+    victims.assert_fate({"v"})
+    wait_until(audit_file.exists, 10, "the audit file")
+    (record,) = _json_lines(audit_file.read_text())
+    assert (record["user"], record["role"], record["app"]) == (
+        pg.user,
+        operator,
+        'runbook "42"',
+    )
+    line = wait_until(
+        lambda: next((x for x in proxy.log().splitlines() if "pgdp.audit" in x), None),
+        10,
+        "the audit line",
+    )
+    assert f" user={pg.user} role={operator} " in line
+
+
 def _local(conn: psycopg.Connection) -> str:
     with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
         host, port = sock.getsockname()[:2]
