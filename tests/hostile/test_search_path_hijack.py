@@ -158,6 +158,9 @@ FUNCTIONS = [
         *("text", "inet", "text", "int4", "text", "timestamptz", "text", "text"),
         returns="json",
     ),
+    # The caller's INFO: the role and application_name the program runs with.
+    _twin("json_build_object", "text", "name", "text", "text", returns="json"),
+    _twin("current_setting", "text", returns="text"),
     _twin("pg_client_encoding", returns="name"),
     _twin("concat", "text", "text", returns="text"),
     _twin("concat", "text", "text", "text", "text", "text", returns="text"),
