@@ -54,8 +54,8 @@ from .clean_program import (
     render_program,
 )
 from .streams import (
-    ATTRIBUTION_LOST,
     DISCARD_ALL,
+    UNKNOWN_OUTCOMES,
     Fields,
     ReplyShaping,
     Rewrite,
@@ -668,9 +668,9 @@ class CleanConnectionDialect:
 
     def outcome(self, session: Session, execution: ReplyShaping, error: Fields | None) -> None:
         """One record per execution of a CLEAN CONNECTION that ran (see CleanRun.ran), or
-        that was sent and whose outcome cannot be known (:data:`ATTRIBUTION_LOST`)."""
+        that was sent and whose outcome cannot be known (:data:`UNKNOWN_OUTCOMES`)."""
         if isinstance(execution, CleanRun) and (
-            error is None or execution.ran or error == ATTRIBUTION_LOST
+            error is None or execution.ran or error in UNKNOWN_OUTCOMES
         ):
             self.audit.emit(audit_record(session, execution, error))
 
@@ -685,7 +685,7 @@ def audit_record(session: Session, run: CleanRun, error: Fields | None) -> Audit
         app=run.caller.get("application_name", session.application_name),
         role=run.caller.get("role", ""),
         statement=run.text,
-        result="ok" if error is None else "unknown" if error == ATTRIBUTION_LOST else "error",
+        result="ok" if error is None else "unknown" if error in UNKNOWN_OUTCOMES else "error",
         duration=round(time.monotonic() - run.sent_at, 6),
         sessions=run.sessions,
     )

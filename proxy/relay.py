@@ -402,6 +402,9 @@ class ServerProtocol(asyncio.Protocol):
         # Forward what the server sent (already written), then close the client.
         if self._drain_timer is not None:
             self._drain_timer.cancel()
+        session = self._client.session
+        if session is not None and session.backend is not None:
+            session.backend.abandon()  # rewritten statements it never answered: audited
         self._client.close()
 
     def pause_writing(self) -> None:

@@ -54,6 +54,7 @@ cdef class BackendStream:
     cdef Py_ssize_t _completions
     cdef Py_ssize_t _copy_group
     cdef Py_ssize_t _copy_at
+    cdef Py_ssize_t _failed_group
     cdef Py_ssize_t _skip
     cdef bytearray _carry
     cdef Py_ssize_t _carry_need

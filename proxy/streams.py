@@ -200,6 +200,16 @@ ATTRIBUTION_LOST: Fields = [
 """The outcome of an execution that was sent to the server and whose replies could no
 longer be told from others' (see :class:`AttributionLost`): it may have run."""
 
+SESSION_ENDED: Fields = [
+    (ord("C"), b"08006"),
+    (ord("M"), b"outcome unknown: the server connection closed before it answered"),
+]
+"""The outcome of an execution the server was sent but never answered before its
+connection closed (the client's session ended on a protocol violation, the server went
+away): it may have run."""
+
+UNKNOWN_OUTCOMES = (ATTRIBUTION_LOST, SESSION_ENDED)
+
 
 @dataclass(slots=True)
 class ReplyPlan:
@@ -758,7 +768,7 @@ class FrontendStream:
         name, text_start = cstring_at(data, pos + 5, end)
         text_end = cstring_at(data, text_start, end)[1] - 1
         rewrite = self._rewrite(data, pos, text_start, text_end)
-        self._forget_statement(name)
+        self._parsed_again(name)
         if rewrite is None:
             return None
         self._forget_redefined(rewrite)
@@ -811,7 +821,16 @@ class FrontendStream:
     def _forget_parsed(self, data: bytes, pos: int) -> None:
         """A Parse the pre-test let through: its name no longer holds a rewritten text."""
         end = pos + 1 + _unpack_int32(data, pos + 1)[0]
-        self._forget_statement(cstring_at(data, pos + 5, end)[0])
+        self._parsed_again(cstring_at(data, pos + 5, end)[0])
+
+    def _parsed_again(self, name: bytes) -> None:
+        """A Parse of ``name``. The unnamed statement is replaced. A named one that holds
+        a rewritten text is refused by the server (42P05) if that text's own Parse
+        succeeded, and replaced if it failed: the bytes do not say which, so attribution
+        is given up (no client library parses a name it has not closed)."""
+        if name and name in self._statements:
+            self._lose_attribution("Parse of a statement name that holds a rewritten text")
+        self._forget_statement(name)
 
     def _forget_statement(self, name: bytes) -> None:
         """``name`` is no longer a rewritten statement."""
@@ -855,6 +874,7 @@ class BackendStream:
         "_completions",
         "_copy_at",
         "_copy_group",
+        "_failed_group",
         "_on_outcome",
         "_skip",
         "_state",
@@ -869,6 +889,7 @@ class BackendStream:
         # group had when it began (the index of its Execute).
         self._copy_group = -1
         self._copy_at = 0
+        self._failed_group = -1  # the last group an ErrorResponse ended
         self._skip = 0  # bytes of the current message body still to pass through
         # A partial header, or a message held whole for shaping, and the length it must
         # reach: accumulated in place, so a 100 MB message held back costs linear time.
@@ -942,8 +963,10 @@ class BackendStream:
                 elif kind >= 6:
                     if kind == 6:
                         self._copy_started(completions)
-                    elif self._copy_group >= 0:
-                        self._copy_ended(False)
+                    else:
+                        self._failed_group = state.answering_group
+                        if self._copy_group >= 0:
+                            self._copy_ended(False)
                 elif pos + 1 + length <= n:  # ParameterStatus, Authentication: whole
                     self._session_message(kind, data, pos + 5, pos + 1 + length)
                 else:
@@ -1020,18 +1043,36 @@ class BackendStream:
         self._copy_group = -1
         if not state.queue:
             return
+        self._report_unknown(ATTRIBUTION_LOST, current_told)
+        state.queue.clear()
+        self._skip = first
+        self._carry = None
+        raise AttributionLost(reason)
+
+    def abandon(self) -> None:
+        """Nothing more will be read from the server (its connection is closed): the
+        executions still planned that the server was sent are told their outcome is
+        unknown (:data:`SESSION_ENDED`); they may have run."""
+        state = self._state
+        if not state.queue:
+            return
+        self._report_unknown(SESSION_ENDED, False)
+        state.queue.clear()
+
+    def _report_unknown(self, outcome: Fields, current_told: bool) -> None:
+        state = self._state
         told = self._completions + current_told
         for plan in state.queue:
+            if plan.group > state.groups_sent:
+                continue  # never sent: the server cannot run it
+            if plan.group == state.answering_group and self._failed_group == plan.group:
+                continue  # the group failed: the server skips the rest of it
             for index, shaping in plan.slots.items():
                 done = plan.group < state.answering_group or (
                     plan.group == state.answering_group and index < told
                 )
                 if not done and self._on_outcome is not None:
-                    self._on_outcome(shaping, ATTRIBUTION_LOST)
-        state.queue.clear()
-        self._skip = first
-        self._carry = None
-        raise AttributionLost(reason)
+                    self._on_outcome(shaping, outcome)
 
     def _hold(self, data: bytes, pos: int, n: int) -> None:
         self._carry = bytearray(data[pos:])
@@ -1099,8 +1140,10 @@ class BackendStream:
             elif kind >= 6:
                 if kind == 6:
                     self._copy_started(self._completions, first)
-                elif self._copy_group >= 0:  # its error, shaped above if it was planned
-                    self._copy_ended(False, first, current_told=True)
+                else:
+                    self._failed_group = state.answering_group
+                    if self._copy_group >= 0:  # its error, shaped above if it was planned
+                        self._copy_ended(False, first, current_told=True)
             elif kind >= 3:
                 if end > n:
                     break

@@ -12,7 +12,14 @@ from __future__ import annotations
 import pytest
 
 from proxy.clean import CleanPlan
-from proxy.streams import ATTRIBUTION_LOST, BackendStream, FrontendStream, Rewrite, SessionState
+from proxy.streams import (
+    ATTRIBUTION_LOST,
+    SESSION_ENDED,
+    BackendStream,
+    FrontendStream,
+    Rewrite,
+    SessionState,
+)
 from proxy.wire import AttributionLost, ProtocolViolation, command_complete, message, query
 from proxy.wire import ready_for_query as ready
 
@@ -267,3 +274,41 @@ def test_clean_in_the_same_read_after_attribution_is_given_up_passes_through() -
     out = session.client(COPY_DONE, parse(b"", CLEAN_TEXT))
     assert out == COPY_DONE + parse(b"", CLEAN_TEXT)
     assert session.state.attribution_lost and not session.state.queue
+
+
+def test_executions_never_answered_are_reported_unknown_when_the_server_leg_closes() -> None:
+    """The session ended (a client protocol violation, the server gone) while a CLEAN
+    was sent and unanswered: it may have run, so its outcome is reported unknown."""
+    session = Session()
+    session.client(query(CLEAN_TEXT))
+    session.backend.abandon()
+    assert session.dialect.outcomes == [SESSION_ENDED]
+    assert not session.state.queue
+
+
+def test_executions_of_a_failed_group_are_not_reported_when_the_server_leg_closes() -> None:
+    """After an error the server skips the rest of the group: nothing of it ran."""
+    session = Session()
+    session.client(parse(b"", b"select 1/0"), bind(b"", b""), execute())
+    session.client(parse(b"", CLEAN_TEXT), bind(b"", b""), execute(), SYNC)
+    session.server(PARSE_COMPLETE, BIND_COMPLETE, error(b"22012"))
+    session.backend.abandon()
+    assert session.dialect.outcomes == []
+
+
+def test_parsing_a_name_that_holds_a_clean_again_ends_the_session() -> None:
+    """The server refuses the second Parse (42P05) if the first succeeded, and takes it
+    if the first failed: the bytes do not say which, so the name's executions could be
+    shaped wrongly either way."""
+    session = Session()
+    session.client(parse(b"c", CLEAN_TEXT), SYNC)
+    with pytest.raises(ProtocolViolation):
+        session.client(parse(b"c", b"select 1"))
+
+
+def test_the_unnamed_statement_is_replaced_by_the_next_parse() -> None:
+    session = Session()
+    session.client(parse(b"", CLEAN_TEXT), SYNC)
+    session.server(PARSE_COMPLETE, ready())
+    session.client(parse(b"", b"select 1"), bind(b"", b""), execute(), SYNC)
+    assert not session.state.queue
