@@ -23,6 +23,7 @@ grammar's (``SyntaxFix``).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, NamedTuple
@@ -438,15 +439,17 @@ def _rewrite_valid(
             )
             plan = EXPLAIN_PLAN
         else:
+            token = secrets.token_hex(8)
             sql = render_program(
                 statement.clean,
+                marker_token=token,
                 codec=text.codec or "ascii",
                 encoding=text.encoding,
                 wait_seconds=options.wait_seconds,
                 check_seconds=options.check_seconds,
                 without_force=options.without_force,
             )
-            plan = CleanPlan(original, options.peers)
+            plan = CleanPlan(original, options.peers, AUDIT_MARKER + token.encode() + b" ")
         program = sql.encode("ascii")
         parts.append(view[cursor : statement.body_start])
         parts.append(program)
@@ -465,16 +468,24 @@ _FIELD_DETAIL = ord("D")
 
 class CleanPlan:
     """The reply shaping of one rewritten CLEAN CONNECTION statement (``text``: the
-    client's original statement, for the audit)."""
+    client's original statement, for the audit; ``marker``: what its program's INFO lines
+    start with, :data:`AUDIT_MARKER` and a random token of this rewrite, so that no other
+    statement, however its replies were attributed, can pass for it)."""
 
-    __slots__ = ("peers", "text")
+    __slots__ = ("marker", "peers", "text")
 
-    def __init__(self, text: str, peers: Callable[[], Mapping[int, str]] | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        peers: Callable[[], Mapping[int, str]] | None = None,
+        marker: bytes = AUDIT_MARKER,
+    ) -> None:
         self.text = text
         self.peers = peers  # the real clients of the sessions through the proxy, now
+        self.marker = marker
 
     def start(self) -> CleanRun:
-        return CleanRun(self.text, self.peers() if self.peers is not None else {})
+        return CleanRun(self.text, self.peers() if self.peers is not None else {}, self.marker)
 
 
 class CleanRun:
@@ -483,10 +494,13 @@ class CleanRun:
     for the audit record (the sessions terminated and skipped, once signalled; then how
     many remain) are consumed, never forwarded."""
 
-    __slots__ = ("caller", "counts", "peers", "ran", "sent_at", "sessions", "text")
+    __slots__ = ("caller", "counts", "marker", "peers", "ran", "sent_at", "sessions", "text")
 
-    def __init__(self, text: str, peers: Mapping[int, str] | None = None) -> None:
+    def __init__(
+        self, text: str, peers: Mapping[int, str] | None = None, marker: bytes = AUDIT_MARKER
+    ) -> None:
         self.text = text
+        self.marker = marker
         # Sessions through the proxy when the statement was sent (backend pid → real
         # client): those it terminates are closed, and gone from the registry, by its end.
         self.peers = peers or {}
@@ -500,30 +514,33 @@ class CleanRun:
         self.ran = False
 
     def completed(self, tag: bytes) -> bytes:
-        return CLEAN_CONNECTION_TAG
+        # Not the program's (its first INFO never came): another statement's reply that
+        # reply attribution pointed here, which keeps its own tag.
+        return CLEAN_CONNECTION_TAG if self.ran else tag
 
     def notice(self, fields: Fields) -> Fields | None:
         text = dict(fields).get(_FIELD_MESSAGE, b"")
-        if text.startswith(AUDIT_MARKER):
+        if text.startswith(self.marker):
             self.ran = True
             detail = dict(fields).get(_FIELD_DETAIL)
-            if text == _CALLER:
+            if text == self.marker + _CALLER:
                 self.caller = decode_caller(detail or b"")
                 return None
-            self.counts.update(_parse_counts(text[len(AUDIT_MARKER) :]))
+            self.counts.update(_parse_counts(text[len(self.marker) :]))
             if detail:
                 self.sessions = decode_sessions(detail)
             return None
-        return _without_context(fields)
+        return _without_context(fields) if self.ran else fields
 
     def failed(self, fields: Fields) -> Fields:
         if any(code == _FIELD_CONTEXT and _PROGRAM_CONTEXT in value for code, value in fields):
             self.ran = True
-        return _without_context(fields)
+        return _without_context(fields) if self.ran else fields
 
 
-_CALLER = AUDIT_MARKER + b"caller"
-"""The program's first INFO: the role and application_name it runs with."""
+_CALLER = b"caller"
+"""After the marker, the program's first INFO: the role and application_name it runs
+with. It comes before anything else the program sends."""
 
 _PROGRAM_CONTEXT = b"inline_code_block"
 """In the CONTEXT of an error raised inside a DO block (the name is not translated)."""
@@ -669,9 +686,7 @@ class CleanConnectionDialect:
     def outcome(self, session: Session, execution: ReplyShaping, error: Fields | None) -> None:
         """One record per execution of a CLEAN CONNECTION that ran (see CleanRun.ran), or
         that was sent and whose outcome cannot be known (:data:`UNKNOWN_OUTCOMES`)."""
-        if isinstance(execution, CleanRun) and (
-            error is None or execution.ran or error in UNKNOWN_OUTCOMES
-        ):
+        if isinstance(execution, CleanRun) and (execution.ran or error in UNKNOWN_OUTCOMES):
             self.audit.emit(audit_record(session, execution, error))
 
 

@@ -372,8 +372,12 @@ def render_program(
     wait_seconds: float,
     check_seconds: float,
     without_force: str = "idle",
+    marker_token: str = "",
 ) -> str:
     """The DO block implementing ``statement`` (ASCII only, no client text inside).
+
+    Its INFO lines for the audit start with :data:`AUDIT_MARKER`, then ``marker_token``
+    (hex digits) and a space when one is given.
 
     ``codec`` is the Python codec that turns the parsed names back into the client's bytes;
     ``encoding`` is the PostgreSQL name of the client encoding in force when the server
@@ -384,6 +388,8 @@ def render_program(
     without FORCE terminates idle sessions) or ``none`` (it terminates nothing). Raises
     :class:`ValueError` unless ``encoding`` is made of ``A-Z``, ``0-9`` and ``_`` only.
     """
+    if marker_token and not all(c in "0123456789abcdef" for c in marker_token):
+        raise ValueError("marker_token must be lowercase hex digits")
     database, user, node = _names(statement, codec, encoding)
     variables = {"db": "v_db", "user": "v_user", "dbid": "v_dbid", "roleid": "v_roleid"}
     return _PROGRAM.format(
@@ -394,7 +400,7 @@ def render_program(
         force="true" if statement.force else "false",
         wait=repr(float(wait_seconds)),
         check_wait=repr(float(check_seconds)),
-        marker=AUDIT_MARKER.decode(),
+        marker=AUDIT_MARKER.decode() + (f"{marker_token} " if marker_token else ""),
         validation=_fill(_VALIDATION, db="v_db", user="v_user", node=node),
         check_sessions=_fill(_CHECK_SESSIONS, **variables),
         check_prepared=_fill(_CHECK_PREPARED, **variables),

@@ -17,6 +17,8 @@ cdef class SessionState:
     cdef public Py_ssize_t last_query_group
     cdef public object copy_guesses
     cdef public bint attribution_lost
+    cdef public Py_ssize_t failed_group
+    cdef public Py_ssize_t batch_replies
 
 
 cdef class FrontendStream:
@@ -36,7 +38,7 @@ cdef class FrontendStream:
     cdef dict _statements
     cdef dict _portals
     cdef bint _tracking
-    cdef bint _unsynced
+    cdef Py_ssize_t _unsynced
     cdef bint _after_query_copy
     cdef object _rewrite_word
 
@@ -54,7 +56,6 @@ cdef class BackendStream:
     cdef Py_ssize_t _completions
     cdef Py_ssize_t _copy_group
     cdef Py_ssize_t _copy_at
-    cdef Py_ssize_t _failed_group
     cdef Py_ssize_t _skip
     cdef bytearray _carry
     cdef Py_ssize_t _carry_need
@@ -62,7 +63,7 @@ cdef class BackendStream:
 
     @cython.locals(
         state=SessionState, kinds=bytes, n=Py_ssize_t, pos=Py_ssize_t, compiled=bint,
-        completions=Py_ssize_t, length=Py_ssize_t, kind=Py_ssize_t,
+        completions=Py_ssize_t, replies=Py_ssize_t, length=Py_ssize_t, kind=Py_ssize_t,
     )
     cpdef list feed(self, bytes data)
 

@@ -97,7 +97,8 @@ _SCRAM_PLUS = b"SCRAM-SHA-256-PLUS"
 # Per-type class of backend messages, looked up by type byte: one index, one truth test for
 # the common DataRow. 1 = completion, 2 = ReadyForQuery, 3 = ParameterStatus,
 # 4 = Authentication, 5 = BackendKeyData (both only ever seen during startup),
-# 6 = CopyInResponse, 7 = ErrorResponse (which may end a COPY IN).
+# 6 = CopyInResponse, 7 = ErrorResponse (which may end a COPY IN), 8 = the end of the
+# answer to a Parse, Bind, Close or Describe.
 _BACKEND_KIND = bytearray(256)
 for _t in (_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED):
     _BACKEND_KIND[_t] = 1
@@ -107,6 +108,8 @@ _BACKEND_KIND[_AUTHENTICATION] = 4
 _BACKEND_KIND[_BACKEND_KEY_DATA] = 5
 _BACKEND_KIND[_COPY_IN_RESPONSE] = 6
 _BACKEND_KIND[_ERROR] = 7
+for _t in (0x31, 0x32, 0x33, 0x54, 0x6E):  # Parse/Bind/CloseComplete, RowDescription, NoData
+    _BACKEND_KIND[_t] = 8
 _BACKEND_KIND = bytes(_BACKEND_KIND)
 
 _FIELD_CODE = ord("C")
@@ -242,8 +245,10 @@ class SessionState:
         "auth_request",
         "authenticated",
         "backend_pid",
+        "batch_replies",
         "client_encoding",
         "copy_guesses",
+        "failed_group",
         "groups_sent",
         "last_query_group",
         "queue",
@@ -271,6 +276,12 @@ class SessionState:
         self.last_query_group = -1
         self.copy_guesses: list[tuple[int, int]] | None = None
         self.attribution_lost = False
+        # Written by the backend: the group an ErrorResponse last ended, and how many
+        # extended-protocol messages of the group being answered were answered
+        # (ParseComplete, BindComplete, CloseComplete, a Describe's RowDescription or
+        # NoData, a completion).
+        self.failed_group = -1
+        self.batch_replies = 0
 
     def for_group(self, group: int) -> ReplyPlan:
         if self.queue and self.queue[-1].group == group:
@@ -395,7 +406,7 @@ class FrontendStream:
         )
         # Extended-protocol messages sent since the last Sync (Parse, Bind, Describe,
         # Close; Execute is counted apart): a Query or FunctionCall then joins their group.
-        self._unsynced = False
+        self._unsynced = 0
         # Prepared statements / portals whose executions are shaped, and whether any exist.
         # Both start as the shared empty _NO_PLANS (an idle session holds no dict of its
         # own); the two places that insert give the stream its own dict first.
@@ -496,16 +507,17 @@ class FrontendStream:
                 if end > n:
                     break
                 if t == 0x51:  # Query: opens a response group
-                    if self._unsynced or self._executes:
+                    if (self._unsynced or self._executes) and not self._batch_answered():
                         self._lose_attribution(_QUERY_IN_BATCH)
                         might = None
                         scan = None
+                    self._unsynced = 0
                     state.last_query_group = state.groups_sent
                     state.groups_sent += 1
                     self._executes = 0
                     self._syncs_since_execute = 0
                 elif t != 0x45:  # Parse, Bind, Close (Execute is counted)
-                    self._unsynced = True
+                    self._unsynced += 1
                 # The pre-test inline: a Query/Parse without the word costs one call
                 # (compiled, with the dialect's word: a byte loop, no call, no copy).
                 if (
@@ -542,12 +554,12 @@ class FrontendStream:
                     self._syncs_since_execute += 1
                     state.groups_sent += 1
                     self._executes = 0
-                    self._unsynced = False
+                    self._unsynced = 0
                 elif t == 0x45:  # Execute
                     self._executes += 1
                     self._syncs_since_execute = 0
                 elif t == 0x42 or t == 0x44 or t == 0x43:  # Bind, Describe, Close
-                    self._unsynced = True
+                    self._unsynced += 1
                 elif t == 0x58 and self._executes and self.awaits_shaped_answer():
                     # Terminate right after a rewritten statement's Execute, no Sync: the
                     # server would exit without sending its answer, and the audit record
@@ -557,10 +569,11 @@ class FrontendStream:
                     out.append(FLUSH)
                     run_start = pos
                 elif t == 0x46:  # FunctionCall
-                    if self._unsynced or self._executes:
+                    if (self._unsynced or self._executes) and not self._batch_answered():
                         self._lose_attribution(_QUERY_IN_BATCH)
                         might = None
                         scan = None
+                    self._unsynced = 0
                     state.groups_sent += 1
                 elif t == 0x63 or t == 0x66:  # CopyDone, CopyFail
                     self._on_copy_end()
@@ -712,7 +725,12 @@ class FrontendStream:
             if not body:
                 raise ProtocolViolation("invalid message format")
             name, _ = cstring_at(body, 1)
-            (self._statements if body[:1] == b"S" else self._portals).pop(name, None)
+            if body[:1] != b"S":
+                self._portals.pop(name, None)  # a failure before it ends the portal anyway
+            elif name in self._statements and not self._runs_next(self._unsynced - 1):
+                pass  # the server may skip it (an earlier message failed): still a CLEAN
+            else:
+                self._statements.pop(name, None)
         self._tracking = bool(self._statements or self._portals)
         return None
 
@@ -782,6 +800,29 @@ class FrontendStream:
         self._tracking = True
         assert rewrite.sql is not None
         return [message(b"P", name + b"\0" + rewrite.sql + b"\0" + data[text_end + 1 : end])]
+
+    def _runs_next(self, before: int) -> bool:
+        """True when the server is sure to run the next message: it follows a Sync (or
+        a Query) directly, or ``before`` extended-protocol messages that were all
+        answered without an error."""
+        if self._executes:
+            return False
+        if not before:
+            return True
+        state = self._state
+        return (
+            state.answering_group == state.groups_sent
+            and state.failed_group != state.answering_group
+            and state.batch_replies == before
+        )
+
+    def _batch_answered(self) -> bool:
+        """A Query or FunctionCall after extended-protocol messages not yet synced: True
+        when the server answered every one of them without an error (asyncpg's
+        Parse/Describe/Flush, then its COPY as a Query), so it runs the Query, whose
+        ReadyForQuery closes the group. Executes are not allowed for: the Query's
+        completions would follow theirs."""
+        return self._runs_next(self._unsynced)
 
     def _lose_attribution(self, reason: str) -> None:
         """From here on replies cannot be attributed to groups with certainty (``reason``:
@@ -874,7 +915,6 @@ class BackendStream:
         "_completions",
         "_copy_at",
         "_copy_group",
-        "_failed_group",
         "_on_outcome",
         "_skip",
         "_state",
@@ -889,7 +929,6 @@ class BackendStream:
         # group had when it began (the index of its Execute).
         self._copy_group = -1
         self._copy_at = 0
-        self._failed_group = -1  # the last group an ErrorResponse ended
         self._skip = 0  # bytes of the current message body still to pass through
         # A partial header, or a message held whole for shaping, and the length it must
         # reach: accumulated in place, so a 100 MB message held back costs linear time.
@@ -937,6 +976,7 @@ class BackendStream:
         kinds = _BACKEND_KIND
         unpack = _unpack_int32
         completions = self._completions
+        replies = state.batch_replies
         compiled = cython.compiled
         while n - pos >= 5:
             if compiled:
@@ -950,7 +990,9 @@ class BackendStream:
                 raise ProtocolViolation(f"server sent invalid message length {length}")
             kind = kinds[data[pos]]
             if kind:
-                if kind == 1:
+                if kind == 8:
+                    replies += 1
+                elif kind == 1:
                     completions += 1
                     if self._copy_group >= 0:
                         self._copy_ended(True)
@@ -960,11 +1002,12 @@ class BackendStream:
                     state.answering_group += 1
                     state.ready = True
                     completions = 0
+                    replies = 0
                 elif kind >= 6:
                     if kind == 6:
                         self._copy_started(completions)
                     else:
-                        self._failed_group = state.answering_group
+                        state.failed_group = state.answering_group
                         if self._copy_group >= 0:
                             self._copy_ended(False)
                 elif pos + 1 + length <= n:  # ParameterStatus, Authentication: whole
@@ -973,6 +1016,7 @@ class BackendStream:
                     break  # hold it back until it is whole
             pos += 1 + length
         self._completions = completions
+        state.batch_replies = replies
         if pos > n:
             self._skip = pos - n
         elif pos < n:
@@ -1065,7 +1109,7 @@ class BackendStream:
         for plan in state.queue:
             if plan.group > state.groups_sent:
                 continue  # never sent: the server cannot run it
-            if plan.group == state.answering_group and self._failed_group == plan.group:
+            if plan.group == state.answering_group and state.failed_group == plan.group:
                 continue  # the group failed: the server skips the rest of it
             for index, shaping in plan.slots.items():
                 done = plan.group < state.answering_group or (
@@ -1133,7 +1177,9 @@ class BackendStream:
                     out.append(shaped)
                     run_start = end
             kind = _BACKEND_KIND[t]
-            if kind == 1:
+            if kind == 8:
+                state.batch_replies += 1
+            elif kind == 1:
                 self._completions += 1
                 if self._copy_group >= 0:
                     self._copy_ended(True, first)
@@ -1141,7 +1187,7 @@ class BackendStream:
                 if kind == 6:
                     self._copy_started(self._completions, first)
                 else:
-                    self._failed_group = state.answering_group
+                    state.failed_group = state.answering_group
                     if self._copy_group >= 0:  # its error, shaped above if it was planned
                         self._copy_ended(False, first, current_told=True)
             elif kind >= 3:
@@ -1154,6 +1200,7 @@ class BackendStream:
                 state.answering_group += 1
                 state.ready = True
                 self._completions = 0
+                state.batch_replies = 0
                 self.strip_scram_plus = False  # authentication is over
                 while queue and queue[0].group < state.answering_group:
                     queue.pop(0)

@@ -100,8 +100,22 @@ def test_texts_without_clean_are_not_rewritten() -> None:
     assert rewrite(b"select 'CLEAN CONNECTION TO ALL' /* clean connection to all */") is None
 
 
+def test_a_reply_without_the_programs_first_info_is_left_alone() -> None:
+    """Another statement's replies that attribution pointed at a CLEAN's slot (or a
+    client's own INFO imitating the marker without this rewrite's token) are not the
+    program's: tag, notices and errors pass as they are, and nothing is audited."""
+    run = CleanPlan("CLEAN CONNECTION TO ALL", marker=AUDIT_MARKER + b"00ff ").start()
+    forged = [(ord("S"), b"INFO"), (ord("M"), AUDIT_MARKER + b"caller")]
+    assert run.notice(forged) is forged
+    context = [(ord("M"), b"boom"), (ord("W"), b"SQL statement")]
+    assert run.failed(context) is context
+    assert run.completed(b"SELECT 1") == b"SELECT 1"
+    assert not run.ran
+
+
 def test_one_execution_shapes_its_replies() -> None:
     run = CleanPlan("CLEAN CONNECTION TO ALL").start()
+    assert run.notice([(ord("S"), b"INFO"), (ord("M"), AUDIT_MARKER + b"caller")]) is None
     assert run.completed(b"DO") == CLEAN_CONNECTION_TAG
     audit = [(ord("S"), b"INFO"), (ord("M"), AUDIT_MARKER + b"terminated=3 skipped=1 junk")]
     assert run.notice(audit) is None  # consumed, never forwarded

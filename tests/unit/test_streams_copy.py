@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.clean import CleanPlan
+from proxy.clean import CleanPlan, CleanRun
 from proxy.streams import (
     ATTRIBUTION_LOST,
     SESSION_ENDED,
@@ -22,6 +22,17 @@ from proxy.streams import (
 )
 from proxy.wire import AttributionLost, ProtocolViolation, command_complete, message, query
 from proxy.wire import ready_for_query as ready
+
+
+class RanPlan(CleanPlan):
+    """A CLEAN plan whose program is taken to have run (its first INFO is not in these
+    traces): the stream's attribution is under test here, not the run's own checks."""
+
+    def start(self) -> CleanRun:
+        run = super().start()
+        run.ran = True
+        return run
+
 
 pytestmark = pytest.mark.usefixtures("stream_build")
 
@@ -76,7 +87,7 @@ class Dialect:
     def rewrite(self, buf, start, end, scan, state, settled) -> Rewrite | None:  # type: ignore[no-untyped-def]
         if bytes(buf[start:end]) != CLEAN_TEXT:
             return None
-        return Rewrite(DO, ((0, CleanPlan("clean")),))
+        return Rewrite(DO, ((0, RanPlan("clean")),))
 
     def outcome(self, session, shaped, error) -> None:  # type: ignore[no-untyped-def]
         self.outcomes.append(error)
@@ -312,3 +323,62 @@ def test_the_unnamed_statement_is_replaced_by_the_next_parse() -> None:
     session.server(PARSE_COMPLETE, ready())
     session.client(parse(b"", b"select 1"), bind(b"", b""), execute(), SYNC)
     assert not session.state.queue
+
+
+def describe_statement(name: bytes) -> bytes:
+    return message(b"D", b"S" + name + b"\0")
+
+
+FLUSH = message(b"H", b"")
+PARAMETER_DESCRIPTION = message(b"t", b"\0\0")
+NO_DATA = message(b"n", b"")
+
+
+def test_query_after_an_answered_unsynced_batch_keeps_attribution() -> None:
+    """asyncpg's copy_records_to_table: Parse, Describe, Flush; it waits for the answers,
+    then sends its COPY as a Query. The server answered every message without an error,
+    so it runs the Query, whose ReadyForQuery closes the group."""
+    session = Session()
+    session.client(parse(b"s", b"select a from t"), describe_statement(b"s"), FLUSH)
+    session.server(PARSE_COMPLETE, PARAMETER_DESCRIPTION, NO_DATA)
+    session.client(query(b"copy t from stdin"))
+    assert not session.state.attribution_lost
+    session.server(COPY_IN)
+    session.client(copy_data(b"1\n"), COPY_DONE)
+    session.server(command_complete(b"COPY 1"), ready())
+    session.clean_is_shaped()
+
+
+@pytest.mark.parametrize("answered", ["nothing", "parse only", "an error"])
+def test_query_after_an_unanswered_or_failed_unsynced_batch_gives_attribution_up(
+    answered: str,
+) -> None:
+    session = Session()
+    session.client(parse(b"s", b"select a from t"), describe_statement(b"s"), FLUSH)
+    if answered == "parse only":
+        session.server(PARSE_COMPLETE)
+    elif answered == "an error":
+        session.server(error(b"42P01"))
+    session.client(query(b"select 1"))
+    assert session.state.attribution_lost
+
+
+def test_a_close_the_server_may_skip_keeps_the_statement_a_clean() -> None:
+    """Close of a prepared CLEAN behind a message that may fail: the server skips it
+    then, and the statement stays; its later executions are still shaped."""
+    session = Session()
+    session.client(parse(b"c", CLEAN_TEXT), SYNC)
+    session.server(PARSE_COMPLETE, ready())
+    session.client(parse(b"", b"select 1/0"), bind(b"", b""), execute())
+    session.client(message(b"C", b"Sc\0"), SYNC)
+    session.server(PARSE_COMPLETE, BIND_COMPLETE, error(b"22012"), ready())
+    session.client(bind(b"", b"c"), execute(), SYNC)
+    assert session.state.queue  # still planned as a CLEAN
+
+
+def test_a_close_right_after_a_sync_ends_the_statements_tracking() -> None:
+    session = Session()
+    session.client(parse(b"c", CLEAN_TEXT), SYNC)
+    session.client(message(b"C", b"Sc\0"), SYNC)
+    session.client(parse(b"c", b"select 1"), bind(b"", b"c"), execute(), SYNC)
+    assert not session.state.queue and not session.state.attribution_lost
