@@ -1228,6 +1228,7 @@ class BackendStream:
             if shaping is None:
                 return None
             tag = shaping.completed(body[:-1])
+            del plan.slots[self._completions]  # told once: never again as unknown
             if self._on_outcome is not None:
                 self._on_outcome(shaping, None)
             return command_complete(tag)
@@ -1251,6 +1252,7 @@ class BackendStream:
                 return b""
         else:
             shaped = shaping.failed(fields)
+            del plan.slots[self._completions]
             if self._on_outcome is not None:
                 self._on_outcome(shaping, shaped)
         if shaped == fields and mapped is None:
