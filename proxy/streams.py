@@ -865,18 +865,15 @@ class FrontendStream:
         self._parsed_again(cstring_at(data, pos + 5, end)[0])
 
     def _parsed_again(self, name: bytes) -> None:
-        """A Parse of ``name``. The unnamed statement is replaced, unless the server skips
-        this Parse (an earlier message of its batch failed): where that may happen, the
-        rewritten text stays planned (a plan whose program never reports leaves the
-        replies as they are). A named one that holds a rewritten text is refused by the
-        server (42P05) if that text's own Parse succeeded, and replaced if it failed: the
-        bytes do not say which, so attribution is given up (no client library parses a
-        name it has not closed)."""
-        if name in self._statements:
-            if name:
-                self._lose_attribution("Parse of a statement name that holds a rewritten text")
-            elif not self._runs_next(self._unsynced - 1):
-                return
+        """A Parse of ``name``. The unnamed statement is taken as replaced (the server
+        skips the Parse only after a failure, and clients send a Parse with every Bind
+        of the unnamed statement; keeping the old plan would let the new statement's
+        replies be read as the CLEAN's). A named one that holds a rewritten text is
+        refused by the server (42P05) if it still exists, and taken if its Parse failed
+        or it was closed: the bytes do not say which, so attribution is given up (no
+        client library parses a name again)."""
+        if name and name in self._statements:
+            self._lose_attribution("Parse of a statement name that holds a rewritten text")
         self._forget_statement(name)
 
     def _forget_statement(self, name: bytes) -> None:

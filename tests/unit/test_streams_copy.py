@@ -384,14 +384,12 @@ def test_a_close_right_after_a_sync_ends_the_statements_tracking() -> None:
     assert not session.state.queue and not session.state.attribution_lost
 
 
-def test_an_unnamed_parse_the_server_may_skip_keeps_the_unnamed_clean_planned() -> None:
-    """Parse "" of a CLEAN; then, behind a message that fails, Parse "" of a SELECT, which
-    the server skips: a Bind "" after the Sync binds the CLEAN, whose replies are shaped."""
+def test_an_unnamed_parse_replaces_the_unnamed_clean() -> None:
+    """Even where the server may skip it: keeping the old plan would shape the new
+    statement's replies as the CLEAN's (a client can read the CLEAN's marker)."""
     session = Session()
     session.client(parse(b"", CLEAN_TEXT), SYNC)
     session.server(PARSE_COMPLETE, ready())
     session.client(parse(b"x", b"select 1/0"), bind(b"", b"x"), execute())
-    session.client(parse(b"", b"select 1"), SYNC)
-    session.server(PARSE_COMPLETE, BIND_COMPLETE, error(b"22012"), ready())
-    session.client(bind(b"", b""), execute(), SYNC)
-    assert session.state.queue
+    session.client(parse(b"", b"select 1"), bind(b"", b""), execute(), SYNC)
+    assert not session.state.queue
