@@ -78,25 +78,27 @@ class AuditRecord:
         )
 
 
-def decode_caller(detail: bytes) -> dict[str, str]:
-    """The role and application_name the server-side program ran with (base64 of UTF-8
-    JSON); {} when the detail is malformed."""
+def _decode_json(detail: bytes) -> object:
+    """The base64 of UTF-8 JSON the server-side program sent; None when malformed."""
     try:
-        data = json.loads(base64.b64decode(detail).decode("utf-8", "replace"))
+        return json.loads(base64.b64decode(detail).decode("utf-8", "replace"))
     except (binascii.Error, ValueError):
-        return {}
+        return None
+
+
+def decode_caller(detail: bytes) -> dict[str, str]:
+    """The role and application_name the server-side program ran with; {} when the
+    detail is malformed."""
+    data = _decode_json(detail)
     if not isinstance(data, dict):
         return {}
     return {key: value for key, value in data.items() if isinstance(value, str)}
 
 
 def decode_sessions(detail: bytes) -> list[dict[str, object]]:
-    """The sessions the server-side program reported (base64 of UTF-8 JSON); [] when the
-    detail is missing or malformed (a record without its list beats no record)."""
-    try:
-        data = json.loads(base64.b64decode(detail).decode("utf-8", "replace"))
-    except (binascii.Error, ValueError):
-        return []
+    """The sessions the server-side program reported; [] when the detail is missing or
+    malformed (a record without its list beats no record)."""
+    data = _decode_json(detail)
     if not isinstance(data, list):
         return []
     return [entry for entry in data if isinstance(entry, dict)]

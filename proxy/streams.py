@@ -507,7 +507,7 @@ class FrontendStream:
                 if end > n:
                     break
                 if t == 0x51:  # Query: opens a response group
-                    if (self._unsynced or self._executes) and not self._batch_answered():
+                    if (self._unsynced or self._executes) and not self._runs_next(self._unsynced):
                         self._lose_attribution(_QUERY_IN_BATCH)
                         might = None
                         scan = None
@@ -569,7 +569,7 @@ class FrontendStream:
                     out.append(FLUSH)
                     run_start = pos
                 elif t == 0x46:  # FunctionCall
-                    if (self._unsynced or self._executes) and not self._batch_answered():
+                    if (self._unsynced or self._executes) and not self._runs_next(self._unsynced):
                         self._lose_attribution(_QUERY_IN_BATCH)
                         might = None
                         scan = None
@@ -804,7 +804,9 @@ class FrontendStream:
     def _runs_next(self, before: int) -> bool:
         """True when the server is sure to run the next message: it follows a Sync (or
         a Query) directly, or ``before`` extended-protocol messages that were all
-        answered without an error."""
+        answered without an error (asyncpg's Parse/Describe/Flush before the Query of its
+        COPY: the Query runs, and its ReadyForQuery closes the group). Not after an
+        Execute: a Query's completions would follow the Execute's."""
         if self._executes:
             return False
         if not before:
@@ -815,14 +817,6 @@ class FrontendStream:
             and state.failed_group != state.answering_group
             and state.batch_replies == before
         )
-
-    def _batch_answered(self) -> bool:
-        """A Query or FunctionCall after extended-protocol messages not yet synced: True
-        when the server answered every one of them without an error (asyncpg's
-        Parse/Describe/Flush, then its COPY as a Query), so it runs the Query, whose
-        ReadyForQuery closes the group. Executes are not allowed for: the Query's
-        completions would follow theirs."""
-        return self._runs_next(self._unsynced)
 
     def _lose_attribution(self, reason: str) -> None:
         """From here on replies cannot be attributed to groups with certainty (``reason``:

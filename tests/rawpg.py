@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from proxy.wire import query
+from proxy.wire import message, query
 
 PROTOCOL_3_0 = 3 << 16
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -22,6 +22,41 @@ def startup_packet(user: str, database: str = "postgres", **params: str) -> byte
 
 def query_message(sql: str | bytes) -> bytes:
     return query(sql.encode() if isinstance(sql, str) else sql)
+
+
+SYNC = message(b"S", b"")
+FLUSH = message(b"H", b"")
+TERMINATE = message(b"X", b"")
+COPY_DONE = message(b"c", b"")
+COPY_FAIL = message(b"f", b"client gave up\0")
+
+
+def parse(name: bytes, sql: str | bytes) -> bytes:
+    """Parse ``sql`` as statement ``name``, no parameter types given."""
+    text = sql.encode() if isinstance(sql, str) else sql
+    return message(b"P", name + b"\0" + text + b"\0" + b"\0\0")
+
+
+def bind(portal: bytes, statement: bytes) -> bytes:
+    """Bind ``statement`` to ``portal``: no parameters, text results."""
+    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" * 3)
+
+
+def execute(portal: bytes = b"") -> bytes:
+    """Execute ``portal`` with no row limit."""
+    return message(b"E", portal + b"\0" + struct.pack("!i", 0))
+
+
+def describe_statement(name: bytes) -> bytes:
+    return message(b"D", b"S" + name + b"\0")
+
+
+def close_statement(name: bytes) -> bytes:
+    return message(b"C", b"S" + name + b"\0")
+
+
+def copy_data(data: bytes) -> bytes:
+    return message(b"d", data)
 
 
 def recv_exactly(sock: socket.socket, count: int) -> bytes:

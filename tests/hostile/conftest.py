@@ -1,15 +1,34 @@
 """Fixtures for the attacks on a running proxy: the CLEAN CONNECTION helpers of the
-end-to-end suite (victims, databases and roles created and dropped per test), and a
-certificate for proxies that accept TLS."""
+end-to-end suite (victims, databases and roles created and dropped per test), a proxy
+with an audit file and a raw session through it, and a certificate for proxies that
+accept TLS."""
 
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
+from tests.conftest import ProxyProcess
 from tests.e2e.conftest import make_db, make_role, victims
+from tests.hostile.replies import connect_raw
 
 __all__ = ["certs", "make_db", "make_role", "victims"]
+
+
+@pytest.fixture
+def audited(start_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[ProxyProcess, Path]:
+    audit = tmp_path / "audit.jsonl"
+    return start_proxy("--audit-log", str(audit)), audit
+
+
+@pytest.fixture
+def session(audited: tuple[ProxyProcess, Path]) -> Iterator[socket.socket]:
+    proxy, _ = audited
+    sock = connect_raw(proxy)
+    yield sock
+    sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -27,32 +27,21 @@ import pytest
 from proxy.wire import message
 from tests.conftest import ProxyProcess, wait_until
 from tests.e2e.victims import Victims
-from tests.hostile.test_copy_attribution_attacks import (
+from tests.hostile.replies import connect_raw, describe, leaks, read_one, records, replies
+from tests.rawpg import (
     FLUSH,
     SYNC,
-    audited,  # noqa: F401  (fixture)
     bind,
-    connect_raw,
-    describe,
+    close_statement,
+    describe_statement,
     execute,
-    leaks,
     parse,
-    read_one,
-    records,
-    replies,
+    query_message,
+    read_until_ready,
 )
-from tests.rawpg import query_message, read_until_ready
 
 TOKEN = re.compile(r"pgdp:audit ([0-9a-f]{16}) ")
 TIMEOUT_MS = 300
-
-
-def describe_statement(name: bytes) -> bytes:
-    return message(b"D", b"S" + name + b"\0")
-
-
-def close_statement(name: bytes) -> bytes:
-    return message(b"C", b"S" + name + b"\0")
 
 
 def token_of(admin: psycopg.Connection, app: str) -> str:
@@ -91,7 +80,7 @@ def past_statement_timeout() -> None:
 
 @pytest.mark.parametrize("before", ["pipelined-describe", "execute-before"])
 def test_forged_marker_after_unnamed_reparse_gives_no_audit_record(
-    audited: tuple[ProxyProcess, Path],  # noqa: F811
+    audited: tuple[ProxyProcess, Path],
     make_db: Callable[..., str],
     admin: psycopg.Connection,
     before: str,
@@ -162,7 +151,7 @@ def _timeout_then(sock: socket.socket, name: bytes, victim_db: str) -> list[tupl
 )
 @pytest.mark.parametrize("name", [b"", b"s"], ids=["unnamed-parse", "named-close"])
 def test_statement_timeout_before_reparse_or_close_leaves_clean_unaudited(
-    audited: tuple[ProxyProcess, Path],  # noqa: F811
+    audited: tuple[ProxyProcess, Path],
     victims: Victims,
     make_db: Callable[..., str],
     admin: psycopg.Connection,
@@ -203,7 +192,7 @@ def test_statement_timeout_before_reparse_or_close_leaves_clean_unaudited(
     ],
 )
 def test_query_after_answered_batch_keeps_clean_working(
-    audited: tuple[ProxyProcess, Path],  # noqa: F811
+    audited: tuple[ProxyProcess, Path],
     victims: Victims,
     make_db: Callable[..., str],
     batch: str,
@@ -245,7 +234,7 @@ def test_query_after_answered_batch_keeps_clean_working(
 
 
 def test_query_before_batch_answered_does_not_run_unaudited(
-    audited: tuple[ProxyProcess, Path],  # noqa: F811
+    audited: tuple[ProxyProcess, Path],
     victims: Victims,
     make_db: Callable[..., str],
 ) -> None:
@@ -272,7 +261,7 @@ def test_query_before_batch_answered_does_not_run_unaudited(
 
 
 def test_honest_psycopg_and_asyncpg_keep_clean_working(
-    audited: tuple[ProxyProcess, Path],  # noqa: F811
+    audited: tuple[ProxyProcess, Path],
     victims: Victims,
     make_db: Callable[..., str],
 ) -> None:
@@ -319,7 +308,7 @@ def test_honest_psycopg_and_asyncpg_keep_clean_working(
 
 
 def test_honest_psql_keeps_clean_working(
-    audited: tuple[ProxyProcess, Path],  # noqa: F811
+    audited: tuple[ProxyProcess, Path],
     victims: Victims,
     make_db: Callable[..., str],
 ) -> None:

@@ -12,7 +12,6 @@ and honest clients (psycopg, asyncpg, psql) keep CLEAN working after COPY.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import socket
 import struct
@@ -26,116 +25,33 @@ import pytest
 from proxy.wire import message
 from tests.conftest import PgServer, ProxyProcess, backend_pids, wait_until
 from tests.e2e.victims import Victims
+from tests.hostile.replies import (
+    connect_raw,
+    describe,
+    leaks,
+    read_one,
+    read_to_close,
+    records,
+    replies,
+    summary,
+)
 from tests.rawpg import (
+    COPY_DONE,
+    COPY_FAIL,
+    FLUSH,
+    SYNC,
+    bind,
+    close_statement,
+    copy_data,
     error_fields,
+    execute,
+    parse,
     query_message,
-    read_message,
     read_until_ready,
     startup_packet,
 )
 
-SYNC = message(b"S", b"")
-FLUSH = message(b"H", b"")
-COPY_DONE = message(b"c", b"")
-COPY_FAIL = message(b"f", b"client gave up\0")
-TERMINATE = message(b"X", b"")
 LOCK_KEY = 7_310_451
-
-
-def copy_data(data: bytes) -> bytes:
-    return message(b"d", data)
-
-
-def parse(name: bytes, sql: str) -> bytes:
-    return message(b"P", name + b"\0" + sql.encode() + b"\0\0\0")
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" + b"\0\0" + b"\0\0")
-
-
-def execute(portal: bytes = b"") -> bytes:
-    return message(b"E", portal + b"\0" + struct.pack("!i", 0))
-
-
-def records(audit: Path) -> list[dict]:
-    if not audit.exists():
-        return []
-    return [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
-
-
-def summary(found: list[dict]) -> list[tuple[str, int]]:
-    return [(r["result"], r["terminated"]) for r in found]
-
-
-def describe(messages: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    out = []
-    for kind, body in messages:
-        if kind == b"C":
-            out.append(("tag", body[:-1].decode()))
-        elif kind in (b"E", b"N"):
-            fields = error_fields(body)
-            out.append(("error" if kind == b"E" else "notice", fields.get("M", "")))
-            if "W" in fields:
-                out.append(("context", fields["W"]))
-        elif kind == b"G":
-            out.append(("copy-in", ""))
-        elif kind == b"H":
-            out.append(("copy-out", ""))
-    return out
-
-
-def replies(sock: socket.socket) -> list[tuple[str, str]]:
-    return describe(read_until_ready(sock))
-
-
-def leaks(answer: list[tuple[str, str]]) -> list[str]:
-    """The CLEAN program's INFO markers and PL/pgSQL CONTEXT (COPY's own CONTEXT is fine)."""
-    return [
-        text
-        for kind, text in answer
-        if (kind == "context" and "PL/pgSQL" in text) or (kind != "tag" and "pgdp:" in text)
-    ]
-
-
-def read_to_close(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_one(sock: socket.socket) -> tuple[bytes, bytes]:
-    msg = read_message(sock)
-    assert msg is not None, "connection closed"
-    return msg
-
-
-@pytest.fixture
-def audited(start_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[ProxyProcess, Path]:
-    audit = tmp_path / "audit.jsonl"
-    return start_proxy("--audit-log", str(audit)), audit
-
-
-def connect_raw(proxy: ProxyProcess, app: str = "copy-atk") -> socket.socket:
-    sock = socket.create_connection((proxy.host, proxy.port), timeout=15)
-    sock.sendall(startup_packet("postgres", application_name=app))
-    read_until_ready(sock)
-    return sock
-
-
-@pytest.fixture
-def session(audited: tuple[ProxyProcess, Path]) -> Iterator[socket.socket]:
-    proxy, _ = audited
-    sock = connect_raw(proxy)
-    yield sock
-    sock.close()
 
 
 @pytest.fixture
@@ -232,10 +148,6 @@ def test_parse_of_a_name_that_holds_a_clean_ends_the_session(
     assert b"SFATAL" in fatal and b"C08P01" in fatal, fatal
     victims.assert_fate(set())
     assert records(audit) == []
-
-
-def close_statement(name: bytes) -> bytes:
-    return message(b"C", b"S" + name + b"\0")
 
 
 def test_close_skipped_after_a_failed_extended_copy_keeps_the_prepared_clean_shaped(

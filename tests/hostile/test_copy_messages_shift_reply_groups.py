@@ -14,9 +14,8 @@ with an unknown outcome and the session ended; never unshaped, unaudited or misa
 
 from __future__ import annotations
 
-import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,52 +23,15 @@ import pytest
 from proxy.wire import message
 from tests.conftest import ProxyProcess
 from tests.e2e.victims import Victims
-from tests.rawpg import error_fields, query_message, read_until_ready, startup_packet
-
-SYNC = message(b"S", b"")
-COPY_DONE = message(b"c", b"")
-COPY_FAIL = message(b"f", b"client gave up\0")
-
-
-def replies(sock: socket.socket) -> list[tuple[str, str]]:
-    out = []
-    for kind, body in read_until_ready(sock):
-        if kind == b"C":
-            out.append(("tag", body[:-1].decode()))
-        elif kind in (b"E", b"N"):
-            fields = error_fields(body)
-            out.append(("error" if kind == b"E" else "notice", fields.get("M", "")))
-            if "W" in fields:
-                out.append(("context", fields["W"]))
-    return out
-
-
-def leaks(answer: list[tuple[str, str]]) -> list[str]:
-    return [
-        text for kind, text in answer if kind == "context" or (kind != "tag" and "pgdp:" in text)
-    ]
-
-
-def records(audit: Path) -> list[dict]:
-    if not audit.exists():
-        return []
-    return [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def audited(start_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[ProxyProcess, Path]:
-    audit = tmp_path / "audit.jsonl"
-    return start_proxy("--audit-log", str(audit)), audit
-
-
-@pytest.fixture
-def session(audited: tuple[ProxyProcess, Path]) -> Iterator[socket.socket]:
-    proxy, _ = audited
-    sock = socket.create_connection((proxy.host, proxy.port), timeout=15)
-    sock.sendall(startup_packet("postgres", application_name="copy-groups"))
-    read_until_ready(sock)
-    yield sock
-    sock.close()
+from tests.hostile.replies import leaks, read_one, records, replies
+from tests.rawpg import (
+    COPY_DONE,
+    COPY_FAIL,
+    SYNC,
+    error_fields,
+    query_message,
+    read_until_ready,
+)
 
 
 @pytest.mark.parametrize("ending", [COPY_DONE, COPY_FAIL], ids=["copydone", "copyfail"])
@@ -114,7 +76,7 @@ def test_sync_ignored_in_copy_in_then_a_data_error_runs_no_clean(
     session.sendall(query_message("CREATE TEMP TABLE t (a int)"))
     read_until_ready(session)
     session.sendall(query_message("COPY t FROM STDIN"))
-    kind, _ = _read_one(session)
+    kind, _ = read_one(session)
     assert kind == b"G"
     session.sendall(SYNC + message(b"d", b"not a number\n"))
     failed = replies(session)
@@ -170,7 +132,7 @@ def test_clean_sent_behind_an_uncertain_copy_is_audited_as_unknown(
     session.sendall(query_message("CREATE TEMP TABLE t (a int)"))
     read_until_ready(session)
     session.sendall(query_message("COPY t FROM STDIN"))
-    kind, _ = _read_one(session)
+    kind, _ = read_one(session)
     assert kind == b"G"
     statement = f"CLEAN CONNECTION TO ALL FORCE FOR DATABASE {db}"
     session.sendall(SYNC + message(b"d", b"not a number\n") + query_message(statement))
@@ -182,14 +144,6 @@ def test_clean_sent_behind_an_uncertain_copy_is_audited_as_unknown(
     assert [(r["result"], r["statement"], r["sqlstate"]) for r in found] == [
         ("unknown", statement, "08P01")
     ], found
-
-
-def _read_one(sock: socket.socket) -> tuple[bytes, bytes]:
-    from tests.rawpg import read_message
-
-    msg = read_message(sock)
-    assert msg is not None
-    return msg
 
 
 def test_copy_done_outside_copy_keeps_explain_errors_shaped(

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 
 import pytest
 
-from proxy.clean import CleanPlan, CleanRun
 from proxy.streams import (
     BackendStream,
     FrontendStream,
@@ -24,17 +23,9 @@ from proxy.streams import (
 )
 from proxy.wire import ProtocolViolation, build_fields, command_complete, message, query
 from proxy.wire import ready_for_query as ready
-
+from tests.unit.ran_plan import RanPlan
 
 # Every test runs on the interpreted and the compiled build (tests/unit/conftest.py).
-class RanPlan(CleanPlan):
-    """A CLEAN plan whose program is taken to have run (its first INFO is not in these
-    traces): the stream's attribution is under test here, not the run's own checks."""
-
-    def start(self) -> CleanRun:
-        run = super().start()
-        run.ran = True
-        return run
 
 
 pytestmark = pytest.mark.usefixtures("stream_build")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.clean import CleanPlan, CleanRun
 from proxy.streams import (
     ATTRIBUTION_LOST,
     SESSION_ENDED,
@@ -22,43 +21,25 @@ from proxy.streams import (
 )
 from proxy.wire import AttributionLost, ProtocolViolation, command_complete, message, query
 from proxy.wire import ready_for_query as ready
-
-
-class RanPlan(CleanPlan):
-    """A CLEAN plan whose program is taken to have run (its first INFO is not in these
-    traces): the stream's attribution is under test here, not the run's own checks."""
-
-    def start(self) -> CleanRun:
-        run = super().start()
-        run.ran = True
-        return run
-
+from tests.rawpg import (
+    COPY_DONE,
+    COPY_FAIL,
+    FLUSH,
+    SYNC,
+    bind,
+    copy_data,
+    describe_statement,
+    execute,
+    parse,
+)
+from tests.unit.ran_plan import RanPlan
 
 pytestmark = pytest.mark.usefixtures("stream_build")
 
-SYNC = message(b"S", b"")
-COPY_DONE = message(b"c", b"")
-COPY_FAIL = message(b"f", b"no\0")
 COPY_IN = message(b"G", b"\0\0\0")
 CLEAN_TEXT = b"clean connection to all"
 DO = b"DO $$begin perform 1; end$$"
 CLEAN_TAG = command_complete(b"CLEAN CONNECTION")
-
-
-def copy_data(data: bytes) -> bytes:
-    return message(b"d", data)
-
-
-def parse(name: bytes, sql: bytes) -> bytes:
-    return message(b"P", name + b"\0" + sql + b"\0\0\0")
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0\0\0\0\0")
-
-
-def execute(portal: bytes = b"") -> bytes:
-    return message(b"E", portal + b"\0\0\0\0\0")
 
 
 def error(sqlstate: bytes = b"22P02") -> bytes:
@@ -325,11 +306,6 @@ def test_the_unnamed_statement_is_replaced_by_the_next_parse() -> None:
     assert not session.state.queue
 
 
-def describe_statement(name: bytes) -> bytes:
-    return message(b"D", b"S" + name + b"\0")
-
-
-FLUSH = message(b"H", b"")
 PARAMETER_DESCRIPTION = message(b"t", b"\0\0")
 NO_DATA = message(b"n", b"")
 
