@@ -3,8 +3,9 @@
 ``proxy/streams.py`` (typed by ``proxy/streams.pxd``) and ``proxy/relay.py`` (the protocol
 callbacks) are compiled as ``proxy._streams`` and ``proxy._relay``, each from a copy that
 records its sources' digest; :mod:`proxy.hotpath` loads one only when that digest matches
-the sources beside it, so an edited source is never shadowed by a stale build. The extension is optional: without a C compiler (or without Cython) the build
-skips it and the interpreted ``streams.py`` runs, so ``pip install -e .`` works anywhere.
+the sources beside it, so an edited source is never shadowed by a stale build.
+The extensions are optional: without a working C compiler (or without Cython) the build
+skips them and the interpreted ``streams.py`` runs, so ``pip install -e .`` works anywhere.
 Everything else about the package is declared in ``pyproject.toml``.
 """
 
@@ -47,20 +48,19 @@ def compiled_extensions() -> list[Extension]:
         target.write_text(f"{source}\n\nBUILT_FROM_DIGEST = {stamp!r}\n", encoding="utf-8")
         for extra in sources[1:]:  # the .pxd declaring C types, renamed alike
             shutil.copyfile(ROOT / "proxy" / extra, package / f"_{name}{Path(extra).suffix}")
-        extensions.append(
-            Extension(
-                f"proxy._{name}",
-                [str(target.relative_to(ROOT))],
-                optional=True,  # no compiler: skipped with a warning, the build goes on
-            )
-        )
-    return cythonize(
+        extensions.append(Extension(f"proxy._{name}", [str(target.relative_to(ROOT))]))
+    compiled = cythonize(
         extensions,
         # C types come from the .pxd files alone: the sources' annotations stay Python's.
         compiler_directives={"language_level": 3, "annotation_typing": False},
         build_dir=str(GENERATED / "c"),
         quiet=True,
     )
+    for extension in compiled:
+        # No compiler: skipped with a warning, the build goes on. Set on cythonize's
+        # results, which are new Extension objects that do not keep the flag.
+        extension.optional = True
+    return compiled
 
 
 setup(ext_modules=compiled_extensions())

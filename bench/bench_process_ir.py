@@ -13,8 +13,15 @@ shutdown cancel out. Kernel work (the read/write system calls, the same for ever
 is not counted, so the ratios here are upper bounds of the CPU ratios.
 
 Targets: the blind byte pump (``bench/pump.py``), the proxy of this checkout with its
-compiled hot path (when built) and with ``PGDP_PURE_PYTHON=1``, and the proxy of each
-``--proxy-src`` tree. No assertions: this prints a Markdown table.
+compiled hot path (when built) and with ``PGDP_PURE_PYTHON=1``, the proxy of each
+``--proxy-src`` tree; with ``--buffered-pump`` also the pump as an
+``asyncio.BufferedProtocol`` (``pump buffered``), and with ``--metrics`` the proxy with
+``--metrics-listen`` whose ``/metrics`` is scraped once a second while pgbench runs
+(``proxy+metrics``). Under callgrind the proxy runs some 50 times slower, so its
+once-a-second sampling and the scrapes weigh about 50 times more per transaction than at
+full speed: the metrics row is an upper bound of their price. ``--only NAME ...`` keeps
+the named targets. No assertions: this
+prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,13 +48,28 @@ def _total_ir(path: Path) -> int:
     raise RuntimeError(f"no totals in {path}")
 
 
+def _scrape_every_second(port: int, stop: threading.Event) -> None:
+    """GET ``/metrics`` once a second until ``stop``, as a Prometheus server would."""
+    while not stop.wait(1.0):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+                r.read()
+        except OSError:
+            pass
+
+
 def _count(
     command: list[str], env: dict[str, str], cwd: Path, pgbench: list[str], out: Path
 ) -> int:
-    """Total Ir of ``command`` (a middlebox taking its port from ``{port}``) while ``pgbench``
-    runs through it."""
+    """Total Ir of ``command`` (a middlebox taking its port from ``{port}``, and its metrics
+    port, if any, from ``{metrics_port}``) while ``pgbench`` runs through it."""
     port = free_port()
-    argv = [a.replace("{port}", str(port)) for a in command]
+    metrics_port = free_port()
+    scraping = any("{metrics_port}" in a for a in command)
+    argv = [
+        a.replace("{port}", str(port)).replace("{metrics_port}", str(metrics_port)) for a in command
+    ]
+    stop = threading.Event()
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
         cwd=cwd,
@@ -55,6 +79,11 @@ def _count(
     )
     try:
         wait_port("127.0.0.1", port, 300, proc)
+        if scraping:
+            wait_port("127.0.0.1", metrics_port, 300, proc)
+            threading.Thread(
+                target=_scrape_every_second, args=(metrics_port, stop), daemon=True
+            ).start()
         run = subprocess.run(
             [*pgbench, "-p", str(port)],
             capture_output=True,
@@ -65,6 +94,7 @@ def _count(
         if run.returncode:
             raise RuntimeError(f"pgbench failed: {run.stderr[-1500:]}")
     finally:
+        stop.set()
         proc.send_signal(signal.SIGINT)
         proc.wait(300)
     return _total_ir(out)
@@ -78,6 +108,13 @@ def main() -> None:
     )
     parser.add_argument("--transactions", type=int, nargs=2, default=[200, 1200], metavar="N")
     parser.add_argument("--proxy-src", type=Path, nargs="*", default=[], metavar="DIR")
+    parser.add_argument(
+        "--metrics", action="store_true", help="also the proxy with --metrics-listen, scraped"
+    )
+    parser.add_argument(
+        "--buffered-pump", action="store_true", help="also the pump as a BufferedProtocol"
+    )
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="keep only these targets")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found")
@@ -105,6 +142,13 @@ def main() -> None:
         ]  # fmt: skip
         for src in args.proxy_src:
             targets.append((str(src), proxy_command(direct), {"PYTHONPATH": str(src)}, src))
+        if args.buffered_pump:
+            targets.insert(1, ("pump buffered", [*pump, "--buffered"], {}, ROOT))
+        if args.metrics:
+            metered = [*proxy_command(direct), "--metrics-listen", "127.0.0.1:{metrics_port}"]
+            targets.append(("proxy+metrics", metered, {"PYTHONPATH": str(ROOT)}, ROOT))
+        if args.only:
+            targets = [t for t in targets if t[0] in args.only]
         for mode in args.modes:
             for name, command, env, cwd in targets:
                 counts = []
@@ -122,11 +166,13 @@ def main() -> None:
         f"pgbench -S -c {args.clients} -t {args.transactions[0]} vs {args.transactions[1]}, "
         "user-space instructions of the middlebox process per transaction (callgrind)"
     )
-    print("| mode | target | Ir/tx | vs pump |")
+    base = "pump" if any(name == "pump" for _, name, _ in rows) else "proxy"
+    print(f"| mode | target | Ir/tx | vs {base} |")
     print("|---|---|---|---|")
-    pump_ir = {mode: ir for mode, name, ir in rows if name == "pump"}
+    base_ir = {mode: ir for mode, name, ir in rows if name == base}
     for mode, name, ir in rows:
-        print(f"| {mode} | {name} | {ir:.0f} | {ir / pump_ir[mode]:.2f} |")
+        ratio = f"{ir / base_ir[mode]:.3f}" if mode in base_ir else "-"
+        print(f"| {mode} | {name} | {ir:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

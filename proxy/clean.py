@@ -627,6 +627,7 @@ class CleanConnectionDialect:
         self.peers = peers
         self.audit = AuditTrail()  # where audit records go (replaced by the application)
 
+    statements = "CLEAN CONNECTION statements"
     might_rewrite = staticmethod(might_contain_clean)
     rewrite_word = b"clean"
     """``might_rewrite`` is exactly "this word occurs, in any case" (see

@@ -44,6 +44,7 @@ from prometheus_client import multiprocess as _multiprocess
 
 from .audit import AuditRecord
 from .config import Address
+from .session import Phase
 
 SAMPLE_INTERVAL = 1.0  # seconds between two samples of the sessions' own counters
 OTHER = "other"  # the label value of databases/users beyond the label limit
@@ -297,7 +298,7 @@ class Metrics:
                 continue
             if client.tls_handshaking:
                 phases[1] += 1
-            elif session.frontend is None or session.phase.name != "RELAY":
+            elif session.frontend is None or session.phase is not Phase.RELAY:
                 phases[0] += 1
             else:
                 phases[2] += 1

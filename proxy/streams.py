@@ -121,9 +121,9 @@ _FIELD_POSITION = ord("P")
 class SyntaxFix:
     """Replace the server's syntax error at ``server_position`` with the grammar's own.
 
-    A query string holding an invalid CLEAN CONNECTION is sent unchanged, so the server
-    rejects the whole string (as it would a native syntax error) at the ``CLEAN`` token,
-    and keeps the transaction state right; the proxy only rewrites the message text.
+    A query string holding an invalid dialect statement is sent unchanged, so the server
+    rejects the whole string (as it would a native syntax error) at its first token, and
+    keeps the transaction state right; the proxy only rewrites the message text.
     """
 
     server_position: bytes
@@ -310,6 +310,9 @@ class Dialect(Protocol):
     (DEALLOCATE, PREPARE, DISCARD ALL) must be reported; ``settled`` that no message sent
     before this one can still change the session's encoding or string syntax.
     """
+
+    statements: str
+    """What the rewritten statements are called in the errors a session ends with."""
 
     def might_rewrite(self, body: bytes) -> bool: ...
 
@@ -728,7 +731,7 @@ class FrontendStream:
             if body[:1] != b"S":
                 self._portals.pop(name, None)  # a failure before it ends the portal anyway
             elif name in self._statements and not self._runs_next(self._unsynced - 1):
-                pass  # the server may skip it (an earlier message failed): still a CLEAN
+                pass  # the server may skip it (an earlier message failed): still rewritten
             else:
                 self._statements.pop(name, None)
         self._tracking = bool(self._statements or self._portals)
@@ -821,17 +824,16 @@ class FrontendStream:
     def _lose_attribution(self, reason: str) -> None:
         """From here on replies cannot be attributed to groups with certainty (``reason``:
         see :data:`_QUERY_IN_BATCH`, :meth:`_on_copy_end`, :class:`BackendStream`).
-        Certain or nothing: this session gets no more rewriting (CLEAN is then the
-        server's syntax error); with rewritten statements prepared or replies still to
+        Certain or nothing: this session gets no more rewriting (a dialect statement is then
+        the server's syntax error); with rewritten statements prepared or replies still to
         shape, whose executions could no longer be shaped or audited, it ends (no client
         library sends these sequences)."""
         state = self._state
         state.attribution_lost = True
         state.copy_guesses = None
         if self._tracking or state.queue:
-            raise ProtocolViolation(
-                f"{reason} while CLEAN CONNECTION statements are prepared or being answered"
-            )
+            called = getattr(self._dialect, "statements", "rewritten statements")
+            raise ProtocolViolation(f"{reason} while {called} are prepared or being answered")
         self._dialect = None
         self._might_rewrite = None
         self._might_redefine = None
@@ -862,7 +864,7 @@ class FrontendStream:
         """A Parse of ``name``. The unnamed statement is taken as replaced (the server
         skips the Parse only after a failure, and clients send a Parse with every Bind
         of the unnamed statement; keeping the old plan would let the new statement's
-        replies be read as the CLEAN's). A named one that holds a rewritten text is
+        replies be read as the rewritten statement's). A named one that holds a rewritten text is
         refused by the server (42P05) if it still exists, and taken if its Parse failed
         or it was closed: the bytes do not say which, so attribution is given up (no
         client library parses a name again)."""

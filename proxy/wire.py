@@ -8,13 +8,16 @@ Two framings exist on the wire:
   excluding the type byte) + body.
 
 Only what the proxy needs is here: a startup-packet parser, the ErrorResponse/Notice field
-codec, and builders for the few messages the proxy itself sends. The typed-message framers
-that run per message live in :mod:`proxy.streams` because they carry per-session state.
+codec, builders for the few messages the proxy itself sends, and builders for the frontend
+messages of the extended and COPY protocols (what a client sends; the tests' one source of
+them). The typed-message framers that run per message live in :mod:`proxy.streams` because
+they carry per-session state.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -200,6 +203,57 @@ def ready_for_query(status: bytes = b"I") -> bytes:
 
 def command_complete(tag: bytes) -> bytes:
     return message(b"C", tag + b"\0")
+
+
+# --- frontend messages of the extended and COPY protocols (what clients send) --------
+
+
+def parse(name: bytes, text: bytes, param_oids: Sequence[int] = ()) -> bytes:
+    """A Parse of ``text`` as statement ``name`` (neither holds a NUL), with the parameter
+    type OIDs ``param_oids`` (none: the server infers every type)."""
+    params = struct.pack(f"!H{len(param_oids)}I", len(param_oids), *param_oids)
+    return message(b"P", name + b"\0" + text + b"\0" + params)
+
+
+def bind(portal: bytes, statement: bytes) -> bytes:
+    """A Bind of ``statement`` to ``portal``: no parameters, all results in text format."""
+    # parameter format codes, parameter values, result format codes: none of each
+    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" * 3)
+
+
+def execute(portal: bytes = b"", max_rows: int = 0) -> bytes:
+    """An Execute of ``portal`` returning at most ``max_rows`` rows (0: no limit)."""
+    return message(b"E", portal + b"\0" + struct.pack("!i", max_rows))
+
+
+def describe(kind: bytes, name: bytes) -> bytes:
+    """A Describe of the prepared statement (``kind`` b"S") or portal (b"P") ``name``."""
+    return message(b"D", kind + name + b"\0")
+
+
+def close(kind: bytes, name: bytes) -> bytes:
+    """A Close of the prepared statement (``kind`` b"S") or portal (b"P") ``name``."""
+    return message(b"C", kind + name + b"\0")
+
+
+def copy_data(data: bytes) -> bytes:
+    """A CopyData carrying ``data`` as it is."""
+    return message(b"d", data)
+
+
+def copy_fail(reason: bytes) -> bytes:
+    """A CopyFail with the error message ``reason``, which holds no NUL."""
+    return message(b"f", reason + b"\0")
+
+
+SYNC = message(b"S", b"")
+"""Sync: ends an extended-protocol group; the server answers ReadyForQuery."""
+FLUSH = message(b"H", b"")
+"""Flush: asks the server to send what it has answered so far."""
+TERMINATE = message(b"X", b"")
+"""Terminate: the client is leaving."""
+COPY_DONE = message(b"c", b"")
+"""CopyDone: the end of a COPY FROM STDIN's data."""
 
 
 def cstring_at(body: bytes, pos: int, end: int | None = None) -> tuple[bytes, int]:

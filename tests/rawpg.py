@@ -7,7 +7,44 @@ from __future__ import annotations
 import socket
 import struct
 
-from proxy.wire import message, query
+from proxy import wire
+from proxy.wire import (
+    COPY_DONE,
+    FLUSH,
+    SYNC,
+    TERMINATE,
+    bind,
+    close,
+    copy_data,
+    copy_fail,
+    describe,
+    execute,
+    query,
+)
+
+__all__ = [
+    "COPY_DONE",
+    "COPY_FAIL",
+    "FLUSH",
+    "GSSENC_REQUEST",
+    "SSL_REQUEST",
+    "SYNC",
+    "TERMINATE",
+    "bind",
+    "close_statement",
+    "copy_data",
+    "describe_statement",
+    "error_fields",
+    "execute",
+    "handshake",
+    "parse",
+    "query_message",
+    "read_error_then_close",
+    "read_message",
+    "read_until_ready",
+    "recv_exactly",
+    "startup_packet",
+]
 
 PROTOCOL_3_0 = 3 << 16
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -24,39 +61,20 @@ def query_message(sql: str | bytes) -> bytes:
     return query(sql.encode() if isinstance(sql, str) else sql)
 
 
-SYNC = message(b"S", b"")
-FLUSH = message(b"H", b"")
-TERMINATE = message(b"X", b"")
-COPY_DONE = message(b"c", b"")
-COPY_FAIL = message(b"f", b"client gave up\0")
+COPY_FAIL = copy_fail(b"client gave up")
 
 
 def parse(name: bytes, sql: str | bytes) -> bytes:
-    """Parse ``sql`` as statement ``name``, no parameter types given."""
-    text = sql.encode() if isinstance(sql, str) else sql
-    return message(b"P", name + b"\0" + text + b"\0" + b"\0\0")
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    """Bind ``statement`` to ``portal``: no parameters, text results."""
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" * 3)
-
-
-def execute(portal: bytes = b"") -> bytes:
-    """Execute ``portal`` with no row limit."""
-    return message(b"E", portal + b"\0" + struct.pack("!i", 0))
+    """Parse ``sql`` (UTF-8 if a str) as statement ``name``, no parameter types given."""
+    return wire.parse(name, sql.encode() if isinstance(sql, str) else sql)
 
 
 def describe_statement(name: bytes) -> bytes:
-    return message(b"D", b"S" + name + b"\0")
+    return describe(b"S", name)
 
 
 def close_statement(name: bytes) -> bytes:
-    return message(b"C", b"S" + name + b"\0")
-
-
-def copy_data(data: bytes) -> bytes:
-    return message(b"d", data)
+    return close(b"S", name)
 
 
 def recv_exactly(sock: socket.socket, count: int) -> bytes:

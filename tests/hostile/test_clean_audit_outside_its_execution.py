@@ -12,30 +12,23 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from proxy.wire import message
 from tests.conftest import ProxyProcess
 from tests.e2e.victims import Victims
-from tests.rawpg import error_fields, query_message, read_until_ready, startup_packet
-
-SYNC = message(b"S", b"")
-
-
-def parse(name: bytes, sql: str) -> bytes:
-    return message(b"P", name + b"\0" + sql.encode() + b"\0\0\0")
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" + b"\0\0" + b"\0\0")
-
-
-def execute(portal: bytes) -> bytes:
-    return message(b"E", portal + b"\0" + struct.pack("!i", 0))
+from tests.rawpg import (
+    SYNC,
+    bind,
+    error_fields,
+    execute,
+    parse,
+    query_message,
+    read_until_ready,
+    startup_packet,
+)
 
 
 def replies(sock: socket.socket) -> list[tuple[str, str]]:
@@ -50,12 +43,6 @@ def replies(sock: socket.socket) -> list[tuple[str, str]]:
 
 def markers(answer: list[tuple[str, str]]) -> list[str]:
     return [text for kind, text in answer if kind != "tag" and "pgdp:" in text]
-
-
-@pytest.fixture
-def audited(start_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[ProxyProcess, Path]:
-    audit = tmp_path / "audit.jsonl"
-    return start_proxy("--audit-log", str(audit)), audit
 
 
 @pytest.fixture

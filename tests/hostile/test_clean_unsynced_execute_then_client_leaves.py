@@ -10,43 +10,28 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from proxy.wire import message
 from tests.conftest import ProxyProcess, wait_until
 from tests.e2e.victims import Victims
-from tests.rawpg import read_until_ready, startup_packet
-
-FLUSH = message(b"H", b"")
-TERMINATE = message(b"X", b"")
-
-
-def parse(name: bytes, sql: str) -> bytes:
-    return message(b"P", name + b"\0" + sql.encode() + b"\0\0\0")
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" + b"\0\0" + b"\0\0")
-
-
-def execute(portal: bytes) -> bytes:
-    return message(b"E", portal + b"\0" + struct.pack("!i", 0))
+from tests.rawpg import (
+    FLUSH,
+    TERMINATE,
+    bind,
+    execute,
+    parse,
+    read_until_ready,
+    startup_packet,
+)
 
 
 def records(audit: Path) -> list[dict]:
     if not audit.exists():
         return []
     return [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture
-def audited(start_proxy: Callable[..., ProxyProcess], tmp_path: Path) -> tuple[ProxyProcess, Path]:
-    audit = tmp_path / "audit.jsonl"
-    return start_proxy("--audit-log", str(audit)), audit
 
 
 @pytest.mark.parametrize(

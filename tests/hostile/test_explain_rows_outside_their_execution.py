@@ -24,26 +24,21 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from proxy.wire import message
 from tests.conftest import PgServer, ProxyProcess
 from tests.e2e.victims import Victims
-from tests.rawpg import error_fields, query_message, read_until_ready, startup_packet
+from tests.rawpg import (
+    SYNC,
+    bind,
+    error_fields,
+    execute,
+    parse,
+    query_message,
+    read_until_ready,
+    startup_packet,
+)
 
 RAW = re.compile(r"^\d+/")
-SYNC = message(b"S", b"")
 CLIENT_ADDR = 4  # the column of client_addr among EXPLAIN's
-
-
-def parse(name: bytes, sql: str) -> bytes:
-    return message(b"P", name + b"\0" + sql.encode() + b"\0\0\0")
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" + b"\0\0" + b"\0\0")
-
-
-def execute(portal: bytes, max_rows: int = 0) -> bytes:
-    return message(b"E", portal + b"\0" + struct.pack("!i", max_rows))
 
 
 def replies(sock: socket.socket) -> list[tuple[str, object]]:

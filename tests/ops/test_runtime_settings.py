@@ -1,6 +1,6 @@
 """Settings at run time, end to end: SIGHUP reload (log level and format, a TLS
-certificate swapped under a connected session, restart-only settings kept, an invalid
-file ignored), TCP keepalive on both sockets of a session, ``--application-name-add-host``."""
+certificate swapped under a connected session, limits, CLEAN settings and timeouts,
+restart-only settings kept, an invalid file ignored), TCP keepalive on both sockets of a session, ``--application-name-add-host``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import PgServer, wait_until
+from tests.conftest import PgServer, raw_socket, wait_until
+from tests.rawpg import handshake, read_error_then_close
 
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
 
@@ -138,6 +139,32 @@ def test_sighup_changes_limits_and_clean_settings(
         with pytest.raises(psycopg.OperationalError, match="too many clients"):
             proxy.connect()
     victims.assert_fate({"before"})  # clean-without-force none: nothing terminated
+
+
+def test_sighup_changes_timeouts(start_proxy, pg: PgServer, tmp_path: Path) -> None:
+    """The login and shutdown timeouts of a reload hold for the connections that follow:
+    a silent client is cut off after the new --client-login-timeout (it was 60 s), and
+    SIGTERM ends a session still open after the new --shutdown-timeout (it was 60 s)."""
+    config = tmp_path / "proxy.toml"
+    _toml(config, client_login_timeout=60.0, shutdown_timeout=60.0)
+    proxy = start_proxy("--config", str(config))
+    _toml(config, client_login_timeout=0.5, shutdown_timeout=0.5)
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "configuration reloaded" in proxy.log(), 10, "the reload")
+
+    with raw_socket(proxy.host, proxy.port, timeout=10) as silent:
+        fields = read_error_then_close(silent)  # within the socket's 10 s, far below 60
+    assert fields is not None and (fields["C"], fields["M"]) == (
+        "57014",
+        "canceling authentication due to timeout",
+    )
+
+    with raw_socket(proxy.host, proxy.port, timeout=10) as session:
+        handshake(session, pg.user, "reload-shutdown")
+        proxy.process.send_signal(signal.SIGTERM)
+        fields = read_error_then_close(session)
+    assert fields is not None and fields["C"] == "57P01"
+    assert proxy.process.wait(10) == 0
 
 
 def _children(pid: int) -> list[int]:

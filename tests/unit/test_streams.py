@@ -21,7 +21,24 @@ from proxy.streams import (
     SessionState,
     SyntaxFix,
 )
-from proxy.wire import ProtocolViolation, build_fields, command_complete, message, query
+from proxy.wire import (
+    COPY_DONE,
+    FLUSH,
+    SYNC,
+    TERMINATE,
+    ProtocolViolation,
+    bind,
+    build_fields,
+    close,
+    command_complete,
+    copy_data,
+    copy_fail,
+    describe,
+    execute,
+    message,
+    parse,
+    query,
+)
 from proxy.wire import ready_for_query as ready
 from tests.unit.ran_plan import RanPlan
 
@@ -71,37 +88,6 @@ class HookDialect:
 
 
 # --- message builders ----------------------------------------------------------------
-
-
-def parse(name: bytes, sql: bytes, oids: tuple[int, ...] = ()) -> bytes:
-    params = struct.pack(f"!H{len(oids)}I", len(oids), *oids)
-    return message(b"P", name + b"\0" + sql + b"\0" + params)
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" + b"\0\0" + b"\0\0")
-
-
-def describe(kind: bytes, name: bytes) -> bytes:
-    return message(b"D", kind + name + b"\0")
-
-
-def execute(portal: bytes, max_rows: int = 0) -> bytes:
-    return message(b"E", portal + b"\0" + struct.pack("!I", max_rows))
-
-
-def close(kind: bytes, name: bytes) -> bytes:
-    return message(b"C", kind + name + b"\0")
-
-
-SYNC = message(b"S", b"")
-FLUSH = message(b"H", b"")
-TERMINATE = message(b"X", b"")
-COPY_DONE = message(b"c", b"")
-
-
-def copy_data(data: bytes) -> bytes:
-    return message(b"d", data)
 
 
 def function_call() -> bytes:
@@ -747,7 +733,7 @@ def test_copy_fail_voids_sync_too() -> None:
     frontend = FakeRewriter(REWRITES).frontend(plans)
     frontend.feed(parse(b"", b"copy t from stdin") + bind(b"", b"") + execute(b"") + SYNC)
     assert frontend.groups_sent == 1
-    frontend.feed(copy_data(b"x") + message(b"f", b"nope\0"))
+    frontend.feed(copy_data(b"x") + copy_fail(b"nope"))
     assert frontend.groups_sent == 0
     frontend.feed(SYNC)
     assert frontend.groups_sent == 1

@@ -15,7 +15,6 @@ dict (statement and portal plans) and the ``None`` buffers (``_pending``, ``_car
 from __future__ import annotations
 
 import random
-import struct
 from types import ModuleType
 from unittest import mock
 
@@ -26,7 +25,20 @@ from hypothesis import strategies as st
 import proxy.streams as interpreted
 from proxy import hotpath
 from proxy.clean import CleanConnectionDialect, CleanPlan
-from proxy.wire import ProtocolViolation, message
+from proxy.wire import (
+    COPY_DONE,
+    FLUSH,
+    SYNC,
+    ProtocolViolation,
+    bind,
+    close,
+    copy_data,
+    copy_fail,
+    describe,
+    execute,
+    parse,
+    query,
+)
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -56,30 +68,7 @@ QUERIES = [
 ]
 
 
-def parse(name: bytes, sql: bytes) -> bytes:
-    return message(b"P", name + b"\0" + sql + b"\0" + b"\0\0")
-
-
-def bind(portal: bytes, statement: bytes) -> bytes:
-    return message(b"B", portal + b"\0" + statement + b"\0" + b"\0\0" + b"\0\0" + b"\0\0")
-
-
-def execute(portal: bytes) -> bytes:
-    return message(b"E", portal + b"\0" + struct.pack("!I", 0))
-
-
-def close(kind: bytes, name: bytes) -> bytes:
-    return message(b"C", kind + name + b"\0")
-
-
-def describe(kind: bytes, name: bytes) -> bytes:
-    return message(b"D", kind + name + b"\0")
-
-
-SYNC = message(b"S", b"")
-FLUSH = message(b"H", b"")
-COPY_DONE = message(b"c", b"")
-COPY_FAIL = message(b"f", b"no\0")
+COPY_FAIL = copy_fail(b"no")
 
 
 @st.composite
@@ -109,9 +98,9 @@ def frontend_messages(draw: st.DrawFn) -> bytes:
     if kind == "flush":
         return FLUSH
     if kind == "query":
-        return message(b"Q", draw(st.sampled_from(QUERIES)) + b"\0")
+        return query(draw(st.sampled_from(QUERIES)))
     if kind == "copy-data":
-        return message(b"d", draw(st.binary(max_size=20)))
+        return copy_data(draw(st.binary(max_size=20)))
     if kind == "copy-done":
         return COPY_DONE
     return COPY_FAIL

@@ -13,18 +13,29 @@ import pytest
 
 from proxy.wire import (
     CANCEL_REQUEST_CODE,
+    COPY_DONE,
+    FLUSH,
     GSSENC_REQUEST_CODE,
     MAX_STARTUP_PACKET_LENGTH,
     SSL_REQUEST_CODE,
+    SYNC,
+    TERMINATE,
     ProtocolViolation,
     StartupKind,
     StartupPacket,
     StartupParser,
+    bind,
     build_fields,
+    close,
     command_complete,
+    copy_data,
+    copy_fail,
     cstring_at,
+    describe,
     error_response,
+    execute,
     message,
+    parse,
     parse_fields,
     ready_for_query,
 )
@@ -208,3 +219,65 @@ def test_small_builders() -> None:
     assert message(b"S", b"") == b"S\0\0\0\x04"
     assert cstring_at(b"ab\0cd\0", 0) == (b"ab", 3)
     assert cstring_at(b"ab\0cd\0", 3) == (b"cd", 6)
+
+
+# --- frontend messages: the bytes are written out by hand from the protocol's message
+# formats (Byte1 type, Int32 length counting itself, body), not computed with the builders.
+
+
+def test_frontend_messages_without_body() -> None:
+    assert SYNC == b"S\x00\x00\x00\x04"
+    assert FLUSH == b"H\x00\x00\x00\x04"
+    assert TERMINATE == b"X\x00\x00\x00\x04"
+    assert COPY_DONE == b"c\x00\x00\x00\x04"
+
+
+def test_parse() -> None:
+    # name, text, Int16 count of parameter types (none)
+    assert parse(b"", b"select 1") == b"P\x00\x00\x00\x10" + b"\x00" + b"select 1\x00" + b"\x00\x00"
+    # one parameter type: int4 (OID 23)
+    assert parse(b"s1", b"select $1", [23]) == (
+        b"P\x00\x00\x00\x17" + b"s1\x00" + b"select $1\x00" + b"\x00\x01" + b"\x00\x00\x00\x17"
+    )
+    # two: text (25) and int4 (23), in order
+    assert parse(b"st", b"x", (25, 23)) == (
+        b"P\x00\x00\x00\x13"
+        + b"st\x00"
+        + b"x\x00"
+        + b"\x00\x02"
+        + b"\x00\x00\x00\x19"
+        + b"\x00\x00\x00\x17"
+    )
+
+
+def test_bind() -> None:
+    # portal, statement, then Int16 0 parameter format codes, Int16 0 parameters and
+    # Int16 0 result format codes (all results in text)
+    assert bind(b"", b"") == b"B\x00\x00\x00\x0c" + b"\x00\x00" + b"\x00\x00" * 3
+    assert bind(b"cp", b"c") == (
+        b"B\x00\x00\x00\x0f" + b"cp\x00" + b"c\x00" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00"
+    )
+
+
+def test_execute() -> None:
+    # portal, Int32 maximum number of rows (0: no limit)
+    assert execute() == b"E\x00\x00\x00\x09" + b"\x00" + b"\x00\x00\x00\x00"
+    assert execute(b"p") == b"E\x00\x00\x00\x0a" + b"p\x00" + b"\x00\x00\x00\x00"
+    assert execute(b"cur", 1) == b"E\x00\x00\x00\x0c" + b"cur\x00" + b"\x00\x00\x00\x01"
+    assert execute(b"", 0x01020304) == b"E\x00\x00\x00\x09" + b"\x00" + b"\x01\x02\x03\x04"
+
+
+def test_describe_and_close() -> None:
+    # Byte1 'S' (prepared statement) or 'P' (portal), then the name
+    assert describe(b"S", b"st") == b"D\x00\x00\x00\x08" + b"Sst\x00"
+    assert describe(b"P", b"") == b"D\x00\x00\x00\x06" + b"P\x00"
+    assert close(b"S", b"st") == b"C\x00\x00\x00\x08" + b"Sst\x00"
+    assert close(b"P", b"p") == b"C\x00\x00\x00\x07" + b"Pp\x00"
+
+
+def test_copy_data_and_copy_fail() -> None:
+    # CopyData: the data as it is; CopyFail: the error message as a String
+    assert copy_data(b"1\n") == b"d\x00\x00\x00\x06" + b"1\n"
+    assert copy_data(b"") == b"d\x00\x00\x00\x04"
+    assert copy_fail(b"no") == b"f\x00\x00\x00\x07" + b"no\x00"
+    assert copy_fail(b"client gave up") == b"f\x00\x00\x00\x13" + b"client gave up\x00"
