@@ -18,6 +18,7 @@ from proxy.audit import AuditRecord, AuditTrail, decode_sessions
 from proxy.config import ConfigError, load_config
 from proxy.logfmt import JsonFormatter, pairs, unquote, value
 from proxy.metrics import OTHER, Metrics
+from proxy.session import Phase
 from proxy.wire import StartupKind, StartupPacket
 
 
@@ -192,12 +193,12 @@ def test_audit_text_line_is_one_line(tmp_path) -> None:
 
 
 def _client(
-    user: str, database: str, phase: str = "RELAY", logged_in: bool = True
+    user: str, database: str, phase: Phase = Phase.RELAY, logged_in: bool = True
 ) -> SimpleNamespace:
     session = SimpleNamespace(
         user=user,
         database=database,
-        phase=SimpleNamespace(name=phase),
+        phase=phase,
         frontend=object(),
         state=SimpleNamespace(groups_sent=2, answering_group=1),
         login_complete=lambda: logged_in,
