@@ -96,7 +96,12 @@ def _count(
     finally:
         stop.set()
         proc.send_signal(signal.SIGINT)
-        proc.wait(300)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            # A fatal signal still lets callgrind write its counts (SIGKILL would not).
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(300)
     return _total_ir(out)
 
 
