@@ -53,6 +53,8 @@ BIND_COMPLETE = message(b"2", b"")
 class Dialect:
     """Rewrites exactly CLEAN_TEXT into DO, planned as a CLEAN; records outcomes."""
 
+    statements = "fake CLEAN statements"
+
     def __init__(self) -> None:
         self.outcomes: list[object] = []
 
@@ -242,6 +244,16 @@ def test_prepared_clean_ends_the_session_once_attribution_is_lost() -> None:
     session.server(error(), ready())
     with pytest.raises(ProtocolViolation):
         session.client(bind(b"", b"s1"), execute(), SYNC)
+
+
+def test_the_session_ending_error_names_the_dialects_statements() -> None:
+    """The FATAL text comes from the dialect (``Dialect.statements``): the stream itself
+    names no dialect."""
+    session = Session()
+    session.client(parse(b"c", CLEAN_TEXT), SYNC)
+    session.server(PARSE_COMPLETE, ready())
+    with pytest.raises(ProtocolViolation, match="while fake CLEAN statements are prepared"):
+        session.client(parse(b"c", b"select 1"), SYNC)
 
 
 def test_two_copies_of_one_query_with_a_sync_between_give_attribution_up() -> None:
