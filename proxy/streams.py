@@ -45,6 +45,9 @@ except ModuleNotFoundError:  # interpreted, and Cython is not installed
 
 
 from .wire import (
+    FLUSH,
+    SYNC,
+    TERMINATE,
     AttributionLost,
     ProtocolViolation,
     build_fields,
@@ -54,10 +57,6 @@ from .wire import (
     parse_fields,
     query_header,
 )
-
-SYNC = b"S\x00\x00\x00\x04"
-TERMINATE = b"X\x00\x00\x00\x04"
-FLUSH = b"H\x00\x00\x00\x04"
 
 PG_MAX_AUTH_TOKEN_LENGTH = 65535
 """The largest message PostgreSQL accepts while authenticating (password, SASL, GSS)."""
@@ -832,7 +831,7 @@ class FrontendStream:
         state.attribution_lost = True
         state.copy_guesses = None
         if self._tracking or state.queue:
-            called = getattr(self._dialect, "statements", "rewritten statements")
+            called = self._dialect.statements  # tracking and plans exist only with a dialect
             raise ProtocolViolation(f"{reason} while {called} are prepared or being answered")
         self._dialect = None
         self._might_rewrite = None
@@ -864,9 +863,9 @@ class FrontendStream:
         """A Parse of ``name``. The unnamed statement is taken as replaced (the server
         skips the Parse only after a failure, and clients send a Parse with every Bind
         of the unnamed statement; keeping the old plan would let the new statement's
-        replies be read as the rewritten statement's). A named one that holds a rewritten text is
-        refused by the server (42P05) if it still exists, and taken if its Parse failed
-        or it was closed: the bytes do not say which, so attribution is given up (no
+        replies be read as the rewritten statement's). A named one that holds a rewritten
+        text is refused by the server (42P05) if it still exists, and taken if its Parse
+        failed or it was closed: the bytes do not say which, so attribution is given up (no
         client library parses a name again)."""
         if name and name in self._statements:
             self._lose_attribution("Parse of a statement name that holds a rewritten text")

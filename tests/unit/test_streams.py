@@ -72,6 +72,8 @@ class _WholeText:
 class HookDialect:
     """Adapts a pre-test and a text → Rewrite function to the stream's Dialect."""
 
+    statements = "hooked statements"
+
     def __init__(self, might, rewrite) -> None:  # type: ignore[no-untyped-def]
         self.might_rewrite = might
         self.might_redefine = might
